@@ -1,0 +1,41 @@
+"""The contract every sequence backbone core implements.
+
+A *core* is the part of a world model that differs between S4WM, S5WM and TSSM-XL: it maps the
+per-step inputs g_{1:T} = MLP([z_{t-1}, a_t]) to history embeddings h_{1:T}, carrying a state.
+RSSM is not a core (its posterior reads h_t), it subclasses the world model directly.
+
+Shapes (batch-major everywhere, see docs/shapes.md):
+    g         (B, T, D)   float   inputs, D = d_model
+    is_first  (B, T)      bool    True where an episode starts: the state is reset to
+                                   initial_state *before* g_t is consumed, so nothing crosses it
+    h         (B, T, D)   float   outputs; h_t depends on g_{<=t} of the same episode only
+    state     pytree of tensors whose first dimension is B (dict / list / tuple)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SequenceCore(nn.Module):
+    d_model: int
+
+    def initial_state(self, batch_size: int, device=None) -> dict:
+        """State before any input: (B, ...) tensors, all zeros / empty memory."""
+        raise NotImplementedError
+
+    def forward(self, g: torch.Tensor, is_first: torch.Tensor, state, positions=None):
+        """Parallel mode over a whole chunk.
+
+        g (B, T, D), is_first (B, T) bool, state from initial_state or a previous call.
+        positions: optional LongTensor (K,) of time indices in [0, T).
+        Returns (h (B, T, D), final_state, states_at) where states_at is None when positions is None,
+        else the state *after* consuming g_t for each t in positions, as a pytree whose batch
+        dimension is B*K ordered b-major (row b*K + k is batch b at positions[k]). These are the
+        start states of imagination.
+        """
+        raise NotImplementedError
+
+    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None):
+        """Recurrent mode, one step: g (B, D) -> (h (B, D), new_state). is_first (B,) resets first."""
+        raise NotImplementedError
