@@ -1,0 +1,104 @@
+"""Actor-critic learned purely in latent imagination (DreamerV3 recipe), on any backbone's features.
+
+Actor: one-hot categorical with 1% unimix (discrete) or a bounded normal (continuous, tanh mean,
+sigmoid std). Critic: symlog-twohot over `bins`, regularised towards a slow EMA copy. Actor gradient:
+REINFORCE on normalised advantages (default, DreamerV3) or `straight_through`: for discrete actions
+the one-hot sample passes gradients, and the actor maximises returns by backpropagating through the
+imagined dynamics (DreamerV1/V2 style).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import distributions as td
+from torch import nn
+
+from agent.returns import ReturnNorm, lambda_returns, trajectory_weight
+from common.dists import TwoHot, twohot_bins, unimix_logits
+from world_models.nets import MLP
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, *, feat_size: int, act_dim: int, discrete: bool, units: int, layers: int,
+                 bins: int, unimix: float = 0.01, horizon: int = 15, gamma: float = 0.997,
+                 lam: float = 0.95, entropy: float = 3e-4, grad: str = "reinforce",
+                 slow_rate: float = 0.02, slow_reg: float = 1.0, retnorm_decay: float = 0.99,
+                 retnorm_limit: float = 1.0, min_std: float = 0.1, max_std: float = 1.0):
+        super().__init__()
+        self.act_dim, self.discrete, self.unimix = act_dim, discrete, unimix
+        self.horizon, self.gamma, self.lam, self.entropy_scale = horizon, gamma, lam, entropy
+        self.grad, self.slow_rate, self.slow_reg = grad, slow_rate, slow_reg
+        self.min_std, self.max_std = min_std, max_std
+        self.actor = MLP(feat_size, units, layers, act_dim if discrete else 2 * act_dim)
+        self.critic = MLP(feat_size, units, layers, bins)
+        nn.init.zeros_(self.critic.net[-1].weight)  # DreamerV3: critic starts predicting 0
+        nn.init.zeros_(self.critic.net[-1].bias)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.retnorm = ReturnNorm(retnorm_decay, retnorm_limit)
+        self.register_buffer("bins", twohot_bins(bins), persistent=False)
+
+    def policy(self, feat: torch.Tensor) -> td.Distribution:
+        out = self.actor(feat)
+        if self.discrete:
+            return td.OneHotCategoricalStraightThrough(logits=unimix_logits(out, self.unimix))
+        mean, std = out.chunk(2, -1)
+        std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
+        return td.Independent(td.Normal(torch.tanh(mean), std), 1)
+
+    def act(self, feat: torch.Tensor, greedy: bool = False) -> torch.Tensor:
+        """Action (B, A) for the environment: one-hot, or clipped to [-1, 1]."""
+        dist = self.policy(feat)
+        if greedy:
+            if self.discrete:
+                return nn.functional.one_hot(dist.probs.argmax(-1), self.act_dim).float()
+            return dist.base_dist.mean
+        action = dist.sample()
+        return action if self.discrete else action.clamp(-1, 1)
+
+    def value(self, feat, slow=False):
+        net = self.slow_critic if slow else self.critic
+        return TwoHot(net(feat), self.bins)
+
+    def loss(self, wm, start: dict, start_cont: torch.Tensor):
+        """Imagine from `start` (N states) and return (actor_loss, critic_loss, metrics)."""
+        backprop = self.grad == "straight_through"
+
+        def sample(feat):
+            a = self.policy(feat.detach()).rsample() if backprop else self.policy(feat).sample()
+            return a if self.discrete or not backprop else a.clamp(-1, 1)
+
+        with torch.set_grad_enabled(backprop):
+            traj = wm.imagine(start, sample, self.horizon)
+            feat = traj["feat"]  # (N, H+1, F)
+            reward = wm.reward(feat[:, 1:])  # (N, H)
+            cont = wm.cont(feat[:, 1:])  # (N, H)
+        value = self.value(feat).mean()  # (N, H+1)
+        ret = lambda_returns(reward, cont, value.detach(), self.gamma, self.lam)  # (N, H)
+        weight = trajectory_weight(cont.detach(), self.gamma, start_cont)  # (N, H)
+        self.retnorm.update(ret)
+        scale = self.retnorm.scale()
+
+        policy = self.policy(feat[:, :-1].detach())
+        entropy = policy.entropy()  # (N, H)
+        if backprop:
+            objective = ret / scale
+        else:
+            adv = (ret - value[:, :-1]).detach() / scale
+            objective = policy.log_prob(traj["action"].detach()) * adv
+        actor_loss = -(weight * (objective + self.entropy_scale * entropy)).mean()
+
+        feat_c = feat[:, :-1].detach()
+        dist = self.value(feat_c)
+        slow_target = self.value(feat_c, slow=True).mean().detach()
+        critic_loss = -(dist.log_prob(ret.detach()) + self.slow_reg * dist.log_prob(slow_target))
+        critic_loss = (weight * critic_loss).mean()
+        metrics = {"ac/return": ret.mean().detach(), "ac/value": value.mean().detach(),
+                   "ac/imag_reward": reward.mean().detach(), "ac/entropy": entropy.mean().detach(),
+                   "ac/return_scale": scale.detach()}
+        return actor_loss, critic_loss, metrics
+
+    @torch.no_grad()
+    def update_slow(self):
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+            slow.lerp_(fast, self.slow_rate)

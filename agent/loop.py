@@ -1,0 +1,152 @@
+"""The pieces main.py calls: collecting experience into replay, evaluation, open-loop videos.
+
+Storing a step (replay alignment, replay/buffer.py): after env.step(a_{t-1}) returns o_t, r_t we
+store {image o_t, action a_{t-1}, reward r_t, flags of o_t}; a reset observation is stored with a zero
+action and reward. gymnasium's vector envs auto-reset on the step *after* is_last (NEXT_STEP mode):
+that call ignores the action and returns the first observation of the next episode (is_first).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.logger import openloop_grid
+from envs import make_vector_env
+from envs.spaces import OneHot
+from replay import Replay, StreamSampler
+
+FLAGS = ("is_first", "is_last", "is_terminal")
+
+
+def env_kwargs(config) -> dict:
+    e = config.env
+    return {"image_size": e.image_size, "action_repeat": e.action_repeat or None,
+            "time_limit": e.time_limit or None, "fast_render": e.fast_render}
+
+
+class Collector:
+    """Training env workers, the replay they fill, and episode statistics."""
+
+    def __init__(self, config, logdir):
+        self.config = config
+        self.num_envs = config.env.envs
+        self.envs = make_vector_env(config.task, self.num_envs, seed=config.seed, **env_kwargs(config))
+        space = self.envs.single_action_space
+        self.discrete, self.act_dim = isinstance(space, OneHot), int(space.shape[0])
+        self.low, self.high = (0.0, 1.0) if self.discrete else (-1.0, 1.0)
+        self.replay = Replay(str(logdir / "replay"), config.replay.capacity,
+                             chunk_len=config.replay.chunk, seed=config.seed)
+        self.stream = StreamSampler(self.replay, config.train.batch_size, config.train.seq_len,
+                                    seed=config.seed + 1)
+        self.rng = np.random.default_rng(config.seed + 2)  # random prefill policy
+        self.obs, _ = self.envs.reset(seed=config.seed)
+        self.prev_action = np.zeros((self.num_envs, self.act_dim), np.float32)
+        self.policy_state = None
+        self.ret = np.zeros(self.num_envs)
+        self.length = np.zeros(self.num_envs, np.int64)
+        self._store(self.obs, self.prev_action, np.zeros(self.num_envs))
+
+    def progress(self, step: int):
+        return tqdm(total=self.config.steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def step(self, agent, random_policy: bool, logger) -> int:
+        """Act once in every worker and store the outcome. Returns the env steps taken."""
+        if self.policy_state is None:
+            self.policy_state = agent.initial_policy_state(self.num_envs)
+        action, self.policy_state = agent.act(self.obs, self.policy_state, self.prev_action)
+        if random_policy:
+            action = self._random_action()
+        obs, reward, _, _, _ = self.envs.step(action)
+        first = obs["is_first"]
+        action = np.where(first[:, None], 0.0, action).astype(np.float32)
+        reward = np.where(first, 0.0, reward)
+        self._store(obs, action, reward)
+        self.obs, self.prev_action = obs, action
+        self.ret += reward
+        self.length += ~first
+        for i in np.flatnonzero(obs["is_last"]):
+            logger.scalar("episode/return", self.ret[i])
+            logger.scalar("episode/length", self.length[i])
+            self.ret[i], self.length[i] = 0.0, 0
+        return self.num_envs * self.action_repeat
+
+    @property
+    def action_repeat(self) -> int:
+        return 1  # env steps are counted in agent steps; action repeat lives inside the env
+
+    def _random_action(self):
+        if self.discrete:
+            idx = self.rng.integers(0, self.act_dim, self.num_envs)
+            return np.eye(self.act_dim, dtype=np.float32)[idx]
+        return self.rng.uniform(-1, 1, (self.num_envs, self.act_dim)).astype(np.float32)
+
+    def _store(self, obs, action, reward):
+        for i in range(self.num_envs):
+            step = {"image": obs["image"][i], "action": action[i],
+                    "reward": np.float32(reward[i])}
+            step.update({k: bool(obs[k][i]) for k in FLAGS})
+            self.replay.add(step, stream=i)
+
+    def sample(self, batch_size: int, seq_len: int):
+        """A training batch (numpy (B, T, ...)) and the rows whose carried state must reset."""
+        if self.config.train.carry_state:
+            return self.stream.sample()
+        return self.replay.sample(batch_size, seq_len), None
+
+    def sampler_state(self, state: dict | None = None):
+        """Get (no argument) or set the generator states of both samplers, for resume."""
+        gens = {"replay": self.replay.rng, "stream": self.stream.rng, "policy": self.rng}
+        if state is None:
+            return {k: g.bit_generator.state for k, g in gens.items()}
+        for key, g in gens.items():
+            g.bit_generator.state = state[key]
+        return None
+
+    def close(self):
+        self.envs.close()
+
+
+@torch.no_grad()
+def evaluate(config, agent, logger, step: int, video: bool) -> dict:
+    """Greedy episodes in separate workers; returns eval/return and eval/length; logs a video."""
+    n = config.env.eval_envs
+    envs = make_vector_env(config.task, n, seed=config.seed + 10_000 + step, **env_kwargs(config))
+    try:
+        obs, _ = envs.reset(seed=config.seed + 10_000 + step)
+        act_dim = int(envs.single_action_space.shape[0])
+        state, prev = agent.initial_policy_state(n), np.zeros((n, act_dim), np.float32)
+        ret, length, frames, results = np.zeros(n), np.zeros(n, int), [], []
+        recording = video
+        while len(results) < config.run.eval_episodes:
+            if recording:
+                frames.append(obs["image"][0])
+            action, state = agent.act(obs, state, prev, greedy=True)
+            obs, reward, _, _, _ = envs.step(action)
+            first = obs["is_first"]
+            prev = np.where(first[:, None], 0.0, action).astype(np.float32)
+            ret += np.where(first, 0.0, reward)
+            length += ~first
+            for i in np.flatnonzero(obs["is_last"]):
+                results.append((ret[i], length[i]))
+                ret[i], length[i] = 0.0, 0
+                recording = recording and i != 0  # the video shows worker 0's first episode
+        if video and frames:
+            logger.video("eval/policy", np.stack(frames), step)
+    finally:
+        envs.close()
+    results = results[: config.run.eval_episodes]
+    return {"return": float(np.mean([r for r, _ in results])),
+            "length": float(np.mean([l for _, l in results]))}
+
+
+@torch.no_grad()
+def openloop_video(config, agent, collector, logger, step: int, rows: int = 4) -> None:
+    """Rows truth / model / |error| for a few replayed sequences: context frames reconstructed,
+    then imagined from the recorded actions alone."""
+    batch = collector.replay.sample(min(rows, config.train.batch_size), config.train.seq_len)
+    data = {k: torch.as_tensor(v, device=agent.device) for k, v in batch.items()}
+    context = min(config.run.openloop_context, config.train.seq_len - 1)
+    pred = agent.wm.openloop(data, context)
+    model = ((pred + 0.5).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
+    logger.video("openloop", openloop_grid(batch["image"], model), step)

@@ -1,0 +1,51 @@
+"""Command line -> frozen config and run folder. Mistakes exit with status 2 and one line."""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from common.config import ConfigError, check_resume, load_blocks, merge, parse_overrides
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def parse(argv: list[str], prog: str = "main.py"):
+    """argv -> Config. `--configs a b c` picks blocks; every other `--key value` overrides a key."""
+    try:
+        blocks = load_blocks()
+    except ConfigError as e:
+        fail(str(e))
+    names = [b for b in blocks if b != "defaults"]
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Dreamer-style agent with a swappable world-model backbone.",
+        epilog="config blocks (merged left to right over 'defaults'): " + ", ".join(names)
+        + ". Any key of configs.yaml can be overridden: --key value or --section.key value "
+        "(e.g. --steps 10000 --wm.d_model 256).")
+    parser.add_argument("--configs", nargs="+", default=[], metavar="BLOCK",
+                        help="config blocks to merge, e.g. --configs miniworld s4wm")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return merge(blocks, args.configs, parse_overrides(rest))
+    except ConfigError as e:
+        fail(str(e))
+
+
+def prepare_logdir(config) -> pathlib.Path:
+    """The run folder (derived from task, backbone and seed unless given) with config.yaml in it.
+    An existing folder is a run to resume: its saved config must match this one."""
+    logdir = pathlib.Path(config.logdir or f"runs/{config.task}_{config.backbone}_seed{config.seed}")
+    saved = logdir / "config.yaml"
+    if saved.exists():
+        try:
+            check_resume(saved.read_text(), config, logdir)
+        except ConfigError as e:
+            fail(str(e))
+    logdir.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_name("config.yaml.tmp")
+    tmp.write_text(config.dump())
+    tmp.replace(saved)
+    return logdir

@@ -1,0 +1,85 @@
+"""Outputs of a run: TensorBoard scalars and videos, <logdir>/metrics.jsonl, mp4 files.
+
+Metric names are stable (documented in the README): episode/*, eval/*, train/*, fps/*.
+TensorBoard videos go through SummaryWriter.add_video, which needs `moviepy.editor` (moviepy 1.x,
+pinned); mp4 files are written with moviepy's ImageSequenceClip (ffmpeg from imageio-ffmpeg).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+
+
+class Logger:
+    def __init__(self, logdir, enabled: bool = True, fps: int = 16):
+        self.logdir = pathlib.Path(logdir)
+        self.enabled, self.fps = enabled, fps
+        self._writer = None
+        self._scalars: dict[str, list[float]] = {}
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(str(self.logdir), max_queue=1000, flush_secs=30)
+        return self._writer
+
+    def scalar(self, name: str, value) -> None:
+        self._scalars.setdefault(name, []).append(float(value))
+
+    def scalars(self, metrics: dict, prefix: str = "") -> None:
+        for key, value in metrics.items():
+            self.scalar(prefix + key, value)
+
+    def write(self, step: int) -> dict:
+        """Average what was accumulated since the last write, log it at `step` and return it."""
+        means = {k: float(np.mean(v)) for k, v in self._scalars.items() if v}
+        self._scalars.clear()
+        if not self.enabled or not means:
+            return means
+        for key, value in means.items():
+            self.writer.add_scalar(key, value, step)
+        with open(self.logdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **means}) + "\n")
+        self.writer.flush()
+        return means
+
+    def video(self, name: str, frames: np.ndarray, step: int) -> pathlib.Path | None:
+        """frames uint8 (T, H, W, C) -> <logdir>/videos/<name>_<step>.mp4 and a TensorBoard video."""
+        if not self.enabled:
+            return None
+        frames = np.asarray(frames, dtype=np.uint8)
+        path = self.logdir / "videos" / f"{name.replace('/', '_')}_{step:09d}.mp4"
+        write_mp4(path, frames, self.fps)
+        tb = frames.transpose(0, 3, 1, 2)[None]  # (1, T, C, H, W) as add_video wants
+        self.writer.add_video(name, tb, step, fps=self.fps)
+        self.writer.flush()
+        return path
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def write_mp4(path, frames: np.ndarray, fps: int) -> None:
+    """Atomically write frames uint8 (T, H, W, C) as an H.264 mp4 (even sizes are padded)."""
+    from moviepy.editor import ImageSequenceClip
+    T, H, W, C = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))  # yuv420p needs even sizes
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.mp4")
+    clip = ImageSequenceClip(list(frames), fps=fps)
+    clip.write_videofile(str(tmp), codec="libx264", audio=False, logger=None,
+                         ffmpeg_params=["-pix_fmt", "yuv420p"])
+    os.replace(tmp, path)
+
+
+def openloop_grid(truth: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """truth, model uint8 (B, T, H, W, C) -> (T, 3H, B*W, C): rows truth / model / |error|."""
+    error = np.abs(truth.astype(np.int16) - model.astype(np.int16)).astype(np.uint8)
+    rows = np.concatenate([truth, model, error], 2)  # (B, T, 3H, W, C)
+    return np.concatenate(list(rows), 2)  # (T, 3H, B*W, C)

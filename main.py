@@ -1,0 +1,129 @@
+"""Dreamer-style agent with a swappable world-model backbone (S4WM, S5WM, RSSM-TBTT, TSSM-XL).
+
+    python main.py --configs miniworld s4wm [--key value ...]
+
+The loop, per iteration: act in the environments -> store the step in replay -> update the world
+model and the actor-critic (train_ratio replayed steps per env step) -> evaluate -> log -> checkpoint.
+Rerunning the same command resumes the run in the same logdir.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from agent.agent import build_agent
+from agent.loop import Collector, evaluate, openloop_video
+from common import checkpoint
+from common.cli import fail, parse, prepare_logdir
+from common.logger import Logger
+from common.schedule import Every, Ratio
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"device '{name}' requested but CUDA is not available (choices here: auto, cpu)")
+    return torch.device(name)
+
+
+def main(argv=None) -> None:
+    config = parse(sys.argv[1:] if argv is None else argv)
+    logdir = prepare_logdir(config)
+    checkpoint.seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+
+    collector = Collector(config, logdir)  # env workers + replay (loads what is on disk)
+    agent = build_agent(config, collector.act_dim, collector.discrete, device)
+    logger = Logger(logdir)
+    B, T = config.train.batch_size, config.train.seq_len
+    ckpt = checkpoint.load(logdir / "checkpoint.pt")
+    step, updates = 0, 0
+    if ckpt is not None:
+        agent.restore(ckpt["agent"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        collector.sampler_state(ckpt["sampler"])
+        step, updates = int(ckpt["step"]), int(ckpt["updates"])
+        print(f"resuming {logdir} at step {step} ({updates} updates, {len(collector.replay)} "
+              f"steps in replay)")
+
+    def save():
+        collector.replay.flush()
+        checkpoint.save(logdir / "checkpoint.pt", {
+            "agent": agent.checkpoint(), "step": step, "updates": updates,
+            "rng": checkpoint.rng_state(), "sampler": collector.sampler_state()})
+
+    should_log, should_eval = Every(config.run.log_every, step), Every(config.run.eval_every, step)
+    should_video = Every(config.run.video_every, step)
+    should_save = Every(config.run.checkpoint_every, step)
+    ratio = Ratio(config.train.train_ratio, B * T, updates)
+    prefill, bad_updates, healthy = config.train.prefill, 0, True
+    carried, timer = None, {"t": time.time(), "step": step, "updates": updates}
+    progress = collector.progress(step) if config.run.progress else None
+    try:
+        while step < config.steps:
+            # 1. collect: one step in every env worker (random policy until prefill is done)
+            random_policy = step < prefill
+            step += collector.step(agent, random_policy, logger)
+            if progress is not None:
+                progress.update(collector.num_envs)
+
+            # 2. update world model + actor-critic, train_ratio replayed steps per env step
+            if step >= prefill and len(collector.replay) >= B * T:
+                due = ratio(step - prefill) + (config.train.pretrain if updates == 0 else 0)
+                for _ in range(due):
+                    batch, reset = collector.sample(B, T)
+                    metrics, carried, ok = agent.update(batch, carried, reset)
+                    bad_updates = 0 if ok else bad_updates + 1
+                    if not ok:
+                        print(f"warning: non-finite loss at step {step}: update skipped "
+                              f"({bad_updates} in a row)", file=sys.stderr)
+                        logger.scalar("train/nonfinite_updates", 1)
+                        if bad_updates >= config.run.nan_patience:
+                            healthy = False
+                            fail(f"{bad_updates} non-finite losses in a row at step {step}: "
+                                 f"stopped; the last good checkpoint in {logdir} is kept")
+                        continue
+                    carried = carried if config.train.carry_state else None
+                    updates += 1
+                    logger.scalars(metrics, "train/")
+
+            # 3. evaluate with the greedy policy; open-loop predictions of the world model
+            if step >= prefill and should_eval(step):
+                logger.scalars(evaluate(config, agent, logger, step, should_video(step)), "eval/")
+                if len(collector.replay) >= T:
+                    openloop_video(config, agent, collector, logger, step)
+
+            # 4. log and checkpoint
+            if should_log(step):
+                now = time.time()
+                logger.scalar("fps/env", (step - timer["step"]) / (now - timer["t"]))
+                logger.scalar("fps/updates", (updates - timer["updates"]) / (now - timer["t"]))
+                logger.scalar("replay/size", len(collector.replay))
+                means = logger.write(step)
+                timer = {"t": now, "step": step, "updates": updates}
+                if progress is not None:
+                    progress.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in means.items()
+                                          if k in ("episode/return", "fps/env")})
+            if should_save(step):
+                save()
+    except KeyboardInterrupt:
+        print(f"interrupted at step {step}: saving a checkpoint", file=sys.stderr)
+    finally:
+        collector.replay.flush()  # what was collected is never lost, even when stopping on NaN
+        if healthy:
+            save()
+        collector.close()
+        logger.write(step)
+        logger.close()
+        if progress is not None:
+            progress.close()
+
+
+if __name__ == "__main__":
+    main()

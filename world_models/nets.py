@@ -1,0 +1,85 @@
+"""Networks shared by every backbone: MLP, CNN encoder and CNN decoder (DreamerV3 layout).
+
+Images enter as uint8 (B, T, H, W, C) and are converted once, here. The convolutions run in
+channels_last memory format: permuting an NHWC tensor to NCHW is free and already channels_last,
+which measured ~1.5x faster than contiguous NCHW on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """[Linear -> LayerNorm -> SiLU] x layers, then an optional Linear to `out` (no norm/act)."""
+
+    def __init__(self, inp: int, units: int, layers: int, out: int | None = None):
+        super().__init__()
+        mods, width = [], inp
+        for _ in range(layers):
+            mods += [nn.Linear(width, units, bias=False), nn.LayerNorm(units), nn.SiLU()]
+            width = units
+        if out is not None:
+            mods.append(nn.Linear(width, out))
+        self.net = nn.Sequential(*mods)
+        self.out_size = out if out is not None else width
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _stages(image_size: int, min_res: int = 4) -> int:
+    stages = int(math.log2(image_size // min_res))
+    if min_res * 2 ** stages != image_size:
+        raise ValueError(f"image_size must be {min_res} times a power of two, got {image_size}")
+    return stages
+
+
+class ConvEncoder(nn.Module):
+    """uint8 (B, T, H, W, C) -> embedding (B, T, E). Stride-2 convs halve the image down to 4x4,
+    doubling channels from `depth` each stage."""
+
+    def __init__(self, image_size: int = 64, channels: int = 3, depth: int = 32):
+        super().__init__()
+        mods, ch = [], channels
+        for i in range(_stages(image_size)):
+            mods += [nn.Conv2d(ch, depth * 2 ** i, 4, 2, 1, bias=False),
+                     nn.GroupNorm(1, depth * 2 ** i), nn.SiLU()]
+            ch = depth * 2 ** i
+        self.net = nn.Sequential(*mods).to(memory_format=torch.channels_last)
+        self.out_size = ch * 4 * 4
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        B, T, H, W, C = image.shape
+        x = image.reshape(B * T, H, W, C).float() / 255.0 - 0.5  # (BT, H, W, C)
+        x = x.permute(0, 3, 1, 2)  # (BT, C, H, W) with channels_last strides, no copy
+        x = self.net(x)  # (BT, 8d, 4, 4)
+        return x.reshape(B, T, -1)  # (B, T, E)
+
+
+class ConvDecoder(nn.Module):
+    """features (..., F) -> image mean (..., H, W, C) in [-0.5, 0.5] units (target = x/255 - 0.5)."""
+
+    def __init__(self, feat_size: int, image_size: int = 64, channels: int = 3, depth: int = 32):
+        super().__init__()
+        stages = _stages(image_size)
+        self.top = depth * 2 ** (stages - 1)
+        self.proj = nn.Linear(feat_size, self.top * 4 * 4)
+        mods, ch = [], self.top
+        for i in reversed(range(stages - 1)):
+            mods += [nn.ConvTranspose2d(ch, depth * 2 ** i, 4, 2, 1, bias=False),
+                     nn.GroupNorm(1, depth * 2 ** i), nn.SiLU()]
+            ch = depth * 2 ** i
+        mods.append(nn.ConvTranspose2d(ch, channels, 4, 2, 1))
+        self.net = nn.Sequential(*mods).to(memory_format=torch.channels_last)
+        self.image_size, self.channels = image_size, channels
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        lead = feat.shape[:-1]
+        x = self.proj(feat.reshape(-1, feat.shape[-1]))  # (N, top*16)
+        x = x.reshape(-1, 4, 4, self.top).permute(0, 3, 1, 2)  # (N, top, 4, 4) channels_last
+        x = self.net(x)  # (N, C, H, W)
+        x = x.permute(0, 2, 3, 1)  # (N, H, W, C)
+        return x.reshape(lead + (self.image_size, self.image_size, self.channels))
