@@ -180,7 +180,7 @@ def merge(blocks: dict, names: list[str], overrides: dict | None = None) -> Conf
                               f"{', '.join('--' + c for c in _closest(key, defaults).split(', '))})")
         flat[key] = _coerce(key, value, defaults[key])
     for key, choices in CHOICES.items():
-        if flat.get(key) not in choices:
+        if key in flat and flat[key] not in choices:
             raise ConfigError(f"config key '{key}' has unknown value {flat.get(key)!r} "
                               f"(choices: {', '.join(choices)})")
     device = flat.get("device", "auto")

@@ -1,0 +1,105 @@
+"""Hand-computed checks of the pure loss and return functions."""
+import math
+
+import pytest
+import torch
+
+from agent.returns import ReturnNorm, lambda_returns, trajectory_weight
+from common.dists import LatentSpace, TwoHot, symexp, symlog, twohot_bins, twohot_encode
+from world_models import losses
+
+
+def test_symlog_symexp():
+    x = torch.tensor([-100.0, -1.0, 0.0, 0.5, 1000.0])
+    assert torch.allclose(symlog(x), torch.sign(x) * torch.log(1 + x.abs()))
+    assert torch.allclose(symexp(symlog(x)), x, rtol=1e-5)
+    assert symlog(torch.tensor(math.e - 1)).item() == pytest.approx(1.0)
+
+
+def test_twohot_encode_splits_between_neighbours():
+    bins = torch.tensor([-1.0, 0.0, 1.0, 2.0])
+    w = twohot_encode(torch.tensor([0.25, 2.0, -5.0, 1.0]), bins)
+    expected = torch.tensor([[0, 0.75, 0.25, 0], [0, 0, 0, 1.0], [1.0, 0, 0, 0], [0, 0, 1.0, 0]])
+    assert torch.allclose(w, expected)
+
+
+def test_twohot_mean_and_logprob():
+    bins = twohot_bins(255)
+    target = torch.tensor([3.7, -0.2, 0.0])
+    logits = torch.log(twohot_encode(symlog(target), bins) + 1e-12)
+    assert torch.allclose(TwoHot(logits, bins).mean(), target, atol=1e-4)
+    # uniform logits: NLL = log(K) whatever the target
+    nll = -TwoHot(torch.zeros(3, 255), bins).log_prob(target)
+    assert torch.allclose(nll, torch.full((3,), math.log(255)), atol=1e-5)
+
+
+def test_kl_balance_with_free_nats():
+    lat = LatentSpace("categorical", stoch=1, classes=2, unimix=0.0)
+    post = torch.log(torch.tensor([[[0.9, 0.1]]]))
+    prior = torch.log(torch.tensor([[[0.5, 0.5]]]))
+    kl = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)  # 0.368 nats
+    dyn, rep, raw = losses.kl_balance(lat, post, prior, free_nats=0.0)
+    assert dyn.item() == pytest.approx(kl, rel=1e-5) and rep.item() == pytest.approx(kl, rel=1e-5)
+    dyn, rep, raw = losses.kl_balance(lat, post, prior, free_nats=1.0)
+    assert dyn.item() == 1.0 and rep.item() == 1.0 and raw.item() == pytest.approx(kl, rel=1e-5)
+    # gradients: dyn reaches only the prior, rep only the posterior
+    post.requires_grad_(True), prior.requires_grad_(True)
+    dyn, rep, _ = losses.kl_balance(lat, post, prior, free_nats=0.0)
+    g_post, g_prior = torch.autograd.grad(dyn.sum(), [post, prior], allow_unused=True)
+    assert g_post is None and g_prior.abs().sum() > 0
+
+
+def test_unimix_floor():
+    lat = LatentSpace("categorical", stoch=1, classes=4, unimix=0.01)
+    probs = lat.dist(torch.tensor([[100.0, 0.0, 0.0, 0.0]])).base_dist.probs
+    assert torch.allclose(probs[0, 0, 1:], torch.full((3,), 0.0025), atol=1e-6)
+
+
+def test_image_loss_sums_squared_error_over_pixels():
+    image = torch.full((1, 1, 2, 2, 3), 255, dtype=torch.uint8)
+    pred = torch.zeros(1, 1, 2, 2, 3)  # target is 0.5 everywhere in [-0.5, 0.5] units
+    assert losses.image_loss(pred, image).item() == pytest.approx(12 * 0.25)
+
+
+def test_combine_requires_a_scale_per_term():
+    terms = {"a": torch.ones(2, 3), "b": torch.full((2, 3), 2.0)}
+    loss, metrics = losses.combine(terms, {"a": 1.0, "b": 0.5})
+    assert loss.item() == pytest.approx(2.0) and metrics["loss/b"].item() == 2.0
+    with pytest.raises(KeyError):
+        losses.combine(terms, {"a": 1.0})
+
+
+def test_lambda_returns_hand_computed():
+    reward = torch.tensor([[1.0, 2.0]])
+    cont = torch.tensor([[1.0, 1.0]])
+    value = torch.tensor([[0.0, 10.0, 20.0]])
+    g, lam = 0.5, 0.5
+    r1 = 2.0 + g * 20.0  # R_1 = r_2 + g v_2 = 12
+    r0 = 1.0 + g * ((1 - lam) * 10.0 + lam * r1)  # 1 + 0.5 * (5 + 6) = 6.5
+    out = lambda_returns(reward, cont, value, g, lam)
+    assert torch.allclose(out, torch.tensor([[r0, r1]]))
+    # a terminal step cuts the bootstrap: R_1 = r_2 only
+    out = lambda_returns(reward, torch.tensor([[1.0, 0.0]]), value, g, lam)
+    assert out[0, 1].item() == 2.0
+    # lam = 0 is one-step TD, lam = 1 is the discounted Monte-Carlo sum with a final bootstrap
+    assert torch.allclose(lambda_returns(reward, cont, value, g, 0.0), torch.tensor([[6.0, 12.0]]))
+    assert torch.allclose(lambda_returns(reward, cont, value, g, 1.0),
+                          torch.tensor([[1 + 0.5 * 2 + 0.25 * 20, 12.0]]))
+
+
+def test_trajectory_weight():
+    cont = torch.tensor([[1.0, 0.0, 1.0]])
+    w = trajectory_weight(cont, 0.5, torch.tensor([1.0]))
+    assert torch.allclose(w, torch.tensor([[1.0, 0.5, 0.0]]))
+
+
+def test_return_norm_percentile_range():
+    norm = ReturnNorm(decay=0.5, limit=1.0)
+    x = torch.arange(101, dtype=torch.float32)  # 5th..95th percentile = 5..95, range 90
+    norm.update(x)
+    assert norm.range.item() == pytest.approx(90.0)
+    norm.update(x * 0.0)  # range 0 -> EMA halves it
+    assert norm.range.item() == pytest.approx(45.0)
+    norm.update(torch.zeros(10)), norm.update(torch.zeros(10)), norm.update(torch.zeros(10))
+    norm.update(torch.zeros(10)), norm.update(torch.zeros(10)), norm.update(torch.zeros(10))
+    assert norm.scale().item() == 1.0  # small returns are not amplified
