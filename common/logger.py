@@ -12,6 +12,12 @@ import pathlib
 
 import numpy as np
 
+# moviepy.editor (imported by SummaryWriter.add_video) initialises pygame/SDL; on a headless machine
+# SDL then complains about audio devices and XDG_RUNTIME_DIR. Dummy drivers, only where unset.
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
 
 class Logger:
     def __init__(self, logdir, enabled: bool = True, fps: int = 16):
@@ -66,7 +72,7 @@ class Logger:
 
 def write_mp4(path, frames: np.ndarray, fps: int) -> None:
     """Atomically write frames uint8 (T, H, W, C) as an H.264 mp4 (even sizes are padded)."""
-    from moviepy.editor import ImageSequenceClip
+    from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
     T, H, W, C = frames.shape
     frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))  # yuv420p needs even sizes
     path = pathlib.Path(path)
