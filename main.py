@@ -8,6 +8,7 @@ Rerunning the same command resumes the run in the same logdir.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -30,7 +31,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> None:
+    # Ctrl-C and SIGTERM (e.g. a cluster's pre-emption) both end in a checkpoint. Installed
+    # explicitly: a process started in the background inherits SIGINT as ignored.
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
     config = parse(sys.argv[1:] if argv is None else argv)
     logdir = prepare_logdir(config)
     checkpoint.seed_everything(config.seed)

@@ -129,7 +129,7 @@ def test_learns_a_tiny_sequence_task(backbone):
     The per-pixel mean image already explains the black background, so only a model whose latent
     carries the square's position gets below half of its error."""
     torch.manual_seed(0)
-    wm, _ = make(backbone)
+    wm, _ = make(backbone, **{"wm.stoch": "8", "wm.classes": "8"})  # 4x4 latents learn too slowly
     opt = torch.optim.Adam(wm.parameters(), lr=3e-3)
     data = moving_square(8, 12, seed=0)
     target = data["image"].float() / 255
