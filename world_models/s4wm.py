@@ -1,0 +1,208 @@
+"""S4WM sequence core: a stack of S4 blocks with diagonal S4 (S4D) layers.
+
+Deng et al. 2023, "Facing Off World Model Backbones" (arXiv 2307.02064): the S4 blocks map
+g_t = MLP([z_{t-1}, a_t]) to h_t; training runs them in convolution mode over whole sequences,
+imagination runs them over the context in parallel and then one step at a time (recurrent mode).
+
+S4D layer (Gu et al. 2022, "On the Parameterization and Initialization of Diagonal State Space
+Models"), one SISO SSM per channel h, N/2 complex modes n (conjugate pairs folded into 2*Re):
+    x_t = dA * x_{t-1} + dB * u_t          x (B, H, N/2) complex
+    y_t = 2 Re(sum_n C_n x_{t,n}) + D u_t
+ZOH: dA = exp(dt A), dB = (exp(dt A) - 1) / A (the input matrix B is merged into C, as in S4D).
+Convolution mode: y = K * u with K_t = 2 Re(sum_n C_n dB_n dA_n^t), plus the response to the
+initial state x0: 2 Re(sum_n C_n dA_n^(t+1) x0_n). Episode resets (is_first) are exact: the input
+is split into its episode segments and each is convolved on its own (batched), see `segment_conv`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from world_models.ssm_blocks import SSMStack, loop_reference
+
+
+def next_fast_len(n: int) -> int:
+    """Smallest m >= n with no prime factor above 5 (fast FFT sizes for pocketfft and cuFFT)."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def s4d_init(d_state: int, init: str):
+    """Re A, Im A (N/2,) of the S4D inits (Gu et al. 2022), N = d_state:
+    S4D-Lin A_n = -1/2 + i pi n;  S4D-Inv A_n = -1/2 + i N/pi (N/(2n+1) - 1).
+    """
+    n = torch.arange(d_state // 2, dtype=torch.float64)
+    if init == 'lin':
+        imag = math.pi * n
+    elif init == 'inv':
+        imag = d_state / math.pi * (d_state / (2 * n + 1) - 1)
+    else:
+        raise ValueError(f"S4D init must be one of 'lin', 'inv'; got {init!r}")
+    return torch.full_like(n, -0.5), imag
+
+
+def segment_conv(u: torch.Tensor, k: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Causal convolution y_t = sum_{s<=t, seg_s = seg_t} k_{t-s} u_s, exact across segment borders.
+
+    u (B, H, T), k (H, T), seg (B, T) long, non-decreasing segment id per row (0 for the first).
+    Every (row, segment) pair that occurs becomes one masked input row (B + number of resets rows in
+    all), convolved on its own; y_t is read from the row of its own segment. The kernel's spectrum
+    is computed once; FFT length: a fast size >= 2T, so the circular convolution is linear.
+    """
+    B, H, T = u.shape
+    n = next_fast_len(T)
+    k_f = torch.fft.rfft(k, n=n)  # (H, n//2+1)
+    n_seg = seg[:, -1] + 1  # (B,) segments per row
+    R = int(n_seg.sum())
+    if R == B:  # no reset after t=0 anywhere
+        return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., :T]  # (B, H, T)
+    first = torch.cumsum(n_seg, 0) - n_seg  # (B,) row of each batch entry's segment 0
+    owner = torch.repeat_interleave(torch.arange(B, device=u.device), n_seg, output_size=R)  # (R,)
+    which = torch.arange(R, device=u.device) - first[owner]  # (R,) segment id within its row
+    u_seg = u[owner] * (seg[owner] == which[:, None])[:, None].to(u.dtype)  # (R, H, T)
+    y_seg = torch.fft.irfft(torch.fft.rfft(u_seg, n=n) * k_f, n=n)[..., :T]  # (R, H, T)
+    rows = first[:, None] + seg  # (B, T) segment row of every step
+    y = y_seg.transpose(1, 2)[rows, torch.arange(T, device=u.device)]  # (B, T, H)
+    return y.transpose(1, 2)  # (B, H, T)
+
+
+def vandermonde(dtA: torch.Tensor, T: int) -> torch.Tensor:
+    """[Re dA^t ; Im dA^t] for t in [0, T) as one real (H, 2*N2, T) tensor, real parts first.
+
+    dA^t = exp(dtA t) is built from two short tables, exp(dtA r) for r < L and exp(dtA L q) for
+    q < Q (L = ceil(sqrt T)), and one complex product: the slow complex exp runs on O(sqrt T) points.
+    The real layout turns every contraction with it into a real matmul.
+    """
+    H, N2 = dtA.shape
+    L = math.isqrt(T - 1) + 1
+    Q = -(-T // L)
+    steps = torch.arange(max(L, Q), device=dtA.device, dtype=dtA.real.dtype)
+    lo = torch.exp(dtA[..., None] * steps[:L])  # (H, N2, L)
+    hi = torch.exp(dtA[..., None] * (steps[:Q] * L))  # (H, N2, Q)
+    V = torch.view_as_real(hi[..., :, None] * lo[..., None, :])  # (H, N2, Q, L, 2)
+    return V.permute(0, 4, 1, 2, 3).reshape(H, 2 * N2, Q * L)[..., :T]  # (H, 2 N2, T)
+
+
+def re_weights(w: torch.Tensor) -> torch.Tensor:
+    """[Re w, -Im w] (..., 2 N2), so that Re(sum_n w_n v_n) = re_weights(w) . [Re v ; Im v]."""
+    return torch.cat([w.real, -w.imag], -1)  # (..., 2 N2)
+
+
+def _states_at(u, V, dA, dB, x0, is_first, pos):
+    """SSM states after consuming u_p for p in pos (K,): (B, K, H, N/2) complex.
+
+    x_p = dB * sum_{r=0}^{p-start_p} dA^r u_{p-r}  +  [no reset in [0, p]] dA^(p+1) x0
+    where start_p is the last reset <= p. The Toeplitz structure is moved to the input side: the
+    reversed window u_{p-r} is gathered per position (H, B, K, T), entries outside p's segment read
+    a zero pad, and one real matmul per channel contracts it with the kernel's Vandermonde V. Cost
+    O(B H K T) memory, O(B H K T N) flops; no (H, N/2, K, T) tensor is built.
+    u (B, H, T), V (H, 2 N2, T) from `vandermonde`, dA/dB (H, N2), x0 (B, H, N2), is_first (B, T).
+    """
+    B, H, T = u.shape
+    K, N2 = len(pos), dA.shape[1]
+    t = torch.arange(T, device=u.device)
+    src = pos[:, None] - t  # (K, T) time index of u_{p-r}
+    last_reset = torch.where(is_first, t, 0).cummax(1).values  # (B, T)
+    src = torch.where(src >= last_reset[:, pos, None], src, T)  # (B, K, T) outside segment -> pad
+    u_pad = torch.cat([u, u.new_zeros(B, H, 1)], 2).transpose(0, 1)  # (H, B, T+1) zero at T
+    win = u_pad[:, torch.arange(B, device=u.device)[:, None, None], src]  # (H, B, K, T)
+    acc = torch.bmm(win.reshape(H, B * K, T), V.transpose(1, 2))  # (H, B K, 2 N2)
+    acc = acc.reshape(H, B, K, 2 * N2).permute(1, 2, 0, 3)  # (B, K, H, 2 N2)
+    xs = dB * torch.complex(acc[..., :N2], acc[..., N2:])  # (B, K, H, N2)
+    keep0 = (is_first.long().cumsum(1)[:, pos] == 0).to(u.dtype)  # (B, K) no reset in [0, p]
+    Vp = V[:, :, pos].permute(2, 0, 1)  # (K, H, 2 N2)
+    decay0 = dA * torch.complex(Vp[..., :N2], Vp[..., N2:])  # (K, H, N2) dA^(p+1)
+    return xs + decay0 * (keep0[..., None, None] * x0[:, None])  # (B, K, H, N2)
+
+
+class S4D(nn.Module):
+    """Diagonal S4 layer on H = d_model channels with d_state = N real state dims (N/2 complex modes).
+
+    Parameters: log_dt (H,) initialised uniform in [log dt_min, log dt_max]; A as log(-Re A) and Im A
+    (H, N/2); C (H, N/2) complex stored as real pairs (so .double() works); D (H,) skip term.
+    """
+
+    def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 init: str = 'lin'):
+        super().__init__()
+        assert d_state % 2 == 0, f'd_state must be even (conjugate pairs), got {d_state}'
+        H, N2 = d_model, d_state // 2
+        log_dt = torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        a_real, a_imag = s4d_init(d_state, init)
+        self.log_dt = nn.Parameter(log_dt)
+        self.log_A_real = nn.Parameter(torch.log(-a_real).float().repeat(H, 1))  # (H, N2)
+        self.A_imag = nn.Parameter(a_imag.float().repeat(H, 1))  # (H, N2)
+        self.C = nn.Parameter(torch.view_as_real(torch.randn(H, N2, dtype=torch.cfloat)))  # (H, N2, 2)
+        self.D = nn.Parameter(torch.randn(H))
+
+    def discrete(self):
+        """ZOH: dt*A, dA = exp(dt A), dB = (exp(dt A) - 1) / A, and C; all (H, N/2) complex."""
+        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        dtA = torch.exp(self.log_dt)[:, None] * A
+        return dtA, torch.exp(dtA), torch.expm1(dtA) / A, torch.view_as_complex(self.C)
+
+    def initial_state(self, batch_size: int, device=None) -> torch.Tensor:
+        dtype = torch.complex128 if self.D.dtype == torch.float64 else torch.complex64
+        return torch.zeros(batch_size, *self.A_imag.shape, dtype=dtype,
+                           device=device or self.D.device)  # (B, H, N2)
+
+    def forward(self, u: torch.Tensor, is_first: torch.Tensor, x0: torch.Tensor, positions=None):
+        """Convolution mode. u (B, T, H), is_first (B, T) bool, x0 (B, H, N/2) complex.
+
+        Returns y (B, T, H), final state (B, H, N/2), states at positions (B*K, H, N/2) or None.
+        """
+        B, T, H = u.shape
+        u = u.transpose(1, 2)  # (B, H, T)
+        dtA, dA, dB, C = self.discrete()
+        V = vandermonde(dtA, T)  # (H, 2 N2, T) [Re; Im] dA^t, once per call
+        k = 2 * torch.einsum('hm,hmt->ht', re_weights(C * dB), V)  # (H, T) S4D kernel
+        n_reset = is_first.long().cumsum(1)  # (B, T) resets in [0, t]
+        y = segment_conv(u, k, n_reset - n_reset[:, :1])  # (B, H, T) segments after t=0 split
+        w0 = re_weights(C * dA * x0).transpose(0, 1).contiguous()  # (H, B, 2 N2)
+        free = 2 * torch.bmm(w0, V).transpose(0, 1)  # (B, H, T) x0 response
+        y = y + free * (n_reset == 0)[:, None].to(u.dtype) + self.D[:, None] * u
+        last = torch.tensor([T - 1], device=u.device)
+        final = _states_at(u, V, dA, dB, x0, is_first, last)[:, 0]  # (B, H, N2)
+        if positions is None:
+            return y.transpose(1, 2), final, None
+        at = _states_at(u, V, dA, dB, x0, is_first, positions.to(u.device))  # (B, K, H, N2)
+        return y.transpose(1, 2), final, at.reshape(-1, H, at.shape[-1])  # (B*K, H, N2) b-major
+
+    def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None):
+        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x."""
+        if is_first is not None:
+            x = torch.where(is_first[:, None, None], torch.zeros_like(x), x)
+        _, dA, dB, C = self.discrete()
+        x = dA * x + dB * u[..., None]  # (B, H, N2)
+        return 2 * (C * x).sum(-1).real + self.D * u, x
+
+    def forward_reference(self, u, is_first, x0):
+        """Slow reference for tests: y (B, T, H) and every state (B, T, H, N/2) from a loop of `step`."""
+        return loop_reference(self, u, is_first, x0)
+
+
+class S4Core(SSMStack):
+    """S4WM core [paper]: n_blocks S4 blocks (see SSMBlock) over d_model channels, final LayerNorm.
+
+    State: list of 2*n_blocks complex tensors (B, d_model, d_state/2), one per S4D layer.
+    """
+
+    def __init__(self, *, d_model: int, n_blocks: int = 2, d_state: int = 64, dropout: float = 0.0,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, init: str = 'lin',
+                 mlp_ratio: float = 2.0):
+        s4d_init(d_state, init)  # fail early on an unknown init
+
+        def layer():
+            return S4D(d_model, d_state, dt_min, dt_max, init)
+
+        super().__init__(layer, d_model=d_model, n_blocks=n_blocks, mlp_ratio=mlp_ratio,
+                         dropout=dropout)
