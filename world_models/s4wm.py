@@ -59,7 +59,7 @@ def segment_conv(u: torch.Tensor, k: torch.Tensor, seg: torch.Tensor) -> torch.T
     is computed once; FFT length: a fast size >= 2T, so the circular convolution is linear.
     """
     B, H, T = u.shape
-    n = next_fast_len(T)
+    n = next_fast_len(2 * T)
     k_f = torch.fft.rfft(k, n=n)  # (H, n//2+1)
     n_seg = seg[:, -1] + 1  # (B,) segments per row
     R = int(n_seg.sum())
