@@ -21,6 +21,7 @@ from common import checkpoint
 from common.cli import fail, parse, prepare_logdir
 from common.logger import Logger
 from common.schedule import Every, Ratio
+from envs import parse_task
 
 
 def pick_device(name: str) -> torch.device:
@@ -41,6 +42,10 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     config = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        parse_task(config.task)  # an unknown task fails here in one line, not inside a worker
+    except ValueError as e:
+        fail(str(e))
     logdir = prepare_logdir(config)
     checkpoint.seed_everything(config.seed)
     if config.threads:
