@@ -13,7 +13,8 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def parse(argv: list[str], prog: str = "main.py"):
+def parse(argv: list[str], prog: str = "main.py",
+          description: str = "Dreamer-style agent with a swappable world-model backbone."):
     """argv -> Config. `--configs a b c` picks blocks; every other `--key value` overrides a key."""
     try:
         blocks = load_blocks()
@@ -21,7 +22,7 @@ def parse(argv: list[str], prog: str = "main.py"):
         fail(str(e))
     names = [b for b in blocks if b != "defaults"]
     parser = argparse.ArgumentParser(
-        prog=prog, description="Dreamer-style agent with a swappable world-model backbone.",
+        prog=prog, description=description,
         epilog="config blocks (merged left to right over 'defaults'): " + ", ".join(names)
         + ". Any key of configs.yaml can be overridden: --key value or --section.key value "
         "(e.g. --steps 10000 --wm.d_model 256).")

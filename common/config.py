@@ -215,6 +215,8 @@ def check_resume(saved_text: str, config: Config, path) -> None:
     now = config.flat()
     allowed = {"steps", "logdir", "device"}
     for key in sorted(set(saved) | set(now)):
+        if key not in saved:  # a key added to the schema after the run started: its default holds
+            continue
         if key in allowed or saved.get(key) == now.get(key):
             continue
         if isinstance(now.get(key), list) and list(saved.get(key) or []) == now.get(key):

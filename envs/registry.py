@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 
 import gymnasium
 
-from envs import dmc, memorymaze, miniworld
+from envs import distracting_memory, dmc, memorymaze, miniworld, multi_doors_keys, rooms
 
 
 class Family(NamedTuple):
@@ -25,7 +25,11 @@ FAMILIES: dict[str, Family] = {
     "miniworld": Family(miniworld.make, miniworld.names, miniworld.ACTION_REPEAT),
     "dmc": Family(dmc.make, dmc.names, dmc.ACTION_REPEAT),
     "memorymaze": Family(memorymaze.make, memorymaze.names, memorymaze.ACTION_REPEAT),
-    # The 2D memory envs ('distracting_memory', 'multi_doors_keys', rooms envs) plug in here.
+    # The paper's memory benchmarks (Sec. 3): rooms_<two|four|ten>[_teleport] (3D, MiniWorld),
+    # distracting_memory_<100|200|400> and multi_doors_keys_<3|5|7> (2D, minigrid).
+    "rooms": Family(rooms.make, rooms.names, rooms.ACTION_REPEAT),
+    "distracting_memory": Family(distracting_memory.make, distracting_memory.names, distracting_memory.ACTION_REPEAT),
+    "multi_doors_keys": Family(multi_doors_keys.make, multi_doors_keys.names, multi_doors_keys.ACTION_REPEAT),
 }
 ENV_FAMILIES: tuple[str, ...] = tuple(FAMILIES)
 

@@ -1,0 +1,245 @@
+"""Offline datasets of the memory benchmarks (paper Sec. 3: world models are trained offline on
+episodes of scripted policies): one .npz file per episode.
+
+    python -m memory.collect --configs four_rooms [--memory.episodes 100 --memory.workers 2 ...]
+
+Blocks (configs.yaml): two_rooms, four_rooms, ten_rooms, two_rooms_teleport, four_rooms_teleport,
+ten_rooms_teleport, distracting_memory, multi_doors_keys; keys: the `memory` section, `seed`,
+`env.image_size` and `run.progress`.
+
+Files: <out>/episode-<i:06d>.npz, written atomically (temp file + fsync + rename, as replay chunks
+are). A file already there is complete and is kept, so a rerun adds only missing episodes.
+Episode i comes from envs.env_seed(seed, i) alone (the env from that seed, the policy from
+[that seed, 1]), so the worker count never changes a file. <out>/dataset.yaml records the settings;
+a rerun into the same folder with other settings fails. `Replay(out, capacity, readonly=True)`
+loads the folder, each file a stream of its own.
+
+Arrays, one row per frame t < T, in the replay buffer's alignment (replay/buffer.py):
+    image          uint8 (T, S, S, 3)
+    action         float32 (T, A)  one-hot a_t that LED TO frame t; zeros at t=0 and at the
+                                   teleport frame (the jump is not an action)
+    reward         float32 (T,)    received arriving at frame t
+    is_first, is_last, is_terminal bool (T,); is_terminal only where Distracting Memory ends
+    phase          uint8 (T,)      0 context, 1 query. Rooms / Multi Doors Keys: frames
+                                   [0, context) then [context, context + query). Distracting
+                                   Memory: query = the frames after the agent first stands on the
+                                   junction (the side choice and the rewarded step)
+  rooms:              room int16 (T,), pose float32 (T, 3) (x, z, heading in radians),
+                      teleport_source int32 (T,) (at the first query frame of a teleport variant:
+                      the context frame whose pose it copies, so frame t == frame source; else -1)
+  distracting_memory: cue int8 (T,), reward_step bool (T,) (an end square is reached: the step
+                      whose reward is scored), cell int16 (T, 2)
+  multi_doors_keys:   held bool (T, 8), door_open bool (T, K), door_color int8 (T, K), cell int16 (T, 2)
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from ruamel.yaml import YAML
+
+from common.config import ConfigError
+from envs import env_seed
+from envs.headless import gl_errors
+from memory.grid_policies import DistractingPolicy, DoorsKeysPolicy
+from memory.policies import RoomsPolicy
+from replay.storage import write_atomic
+
+ENVS = ("rooms", "distracting_memory", "multi_doors_keys")
+ROOM_WORDS = {2: "two", 4: "four", 10: "ten"}
+EXTRAS = {"room": np.int16, "pose": np.float32, "teleport_source": np.int32, "cue": np.int8,
+          "reward_step": bool, "cell": np.int16, "held": bool, "door_open": bool, "door_color": np.int8}
+INFO_KEY = {"reward_step": "reached"}  # dataset key -> env info key, where they differ
+KEYS_OF = {"rooms": ("room", "pose", "teleport_source"),
+           "distracting_memory": ("cue", "reward_step", "cell"),
+           "multi_doors_keys": ("held", "door_open", "door_color", "cell")}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one episode depends on (besides its seed); saved as <out>/dataset.yaml."""
+    env: str
+    rooms: int
+    teleport: bool
+    width: int
+    keys: int
+    context: int
+    query: int
+    noise: float
+    image_size: int
+    version: int = 1  # of this file format
+
+    @classmethod
+    def from_config(cls, config) -> "Spec":
+        m = config.memory
+        if m.env not in ENVS:
+            raise ConfigError(f"config key 'memory.env' has unknown value {m.env!r} (choices: {', '.join(ENVS)})")
+        if m.env == "rooms" and m.rooms not in ROOM_WORDS:
+            raise ConfigError(f"config key 'memory.rooms' must be 2, 4 or 10, got {m.rooms}")
+        for key in ("width", "keys", "context", "query", "episodes", "workers"):
+            if m[key] < 1:
+                raise ConfigError(f"config key 'memory.{key}' must be >= 1, got {m[key]}")
+        # Keys an env ignores are normalised, so they never make two equal datasets differ.
+        rooms_env, dm = m.env == "rooms", m.env == "distracting_memory"
+        return cls(m.env, m.rooms if rooms_env else 0, m.teleport and rooms_env,
+                   m.width if dm else 0, m.keys if m.env == "multi_doors_keys" else 0,
+                   0 if dm else m.context, 0 if dm else m.query, 0.0 if dm else m.noise,
+                   config.env.image_size)
+
+    @property
+    def name(self) -> str:
+        """Default folder name, e.g. 'four_rooms_teleport', 'distracting_memory_100'."""
+        if self.env == "rooms":
+            return f"{ROOM_WORDS[self.rooms]}_rooms" + ("_teleport" if self.teleport else "")
+        return f"{self.env}_{self.width if self.env == 'distracting_memory' else self.keys}"
+
+    def build(self):
+        """The env (wrapped: {'image'} observations, OneHot actions)."""
+        if self.env == "rooms":
+            from envs import rooms
+            with gl_errors("rooms"):
+                return rooms.build(self.rooms, context=self.context, query=self.query,
+                                   teleport=self.teleport, image_size=self.image_size)
+        from envs import gridmemory
+        if self.env == "distracting_memory":
+            return gridmemory.build_distracting(self.width, max_steps=3 * self.width + 30, image_size=self.image_size)
+        return gridmemory.build_doors_keys(self.keys, max_steps=self.context + self.query - 1, image_size=self.image_size)
+
+    def policy(self, inner, rng: np.random.Generator):
+        if self.env == "rooms":
+            return RoomsPolicy(inner, rng, self.noise)
+        if self.env == "distracting_memory":
+            return DistractingPolicy(inner, rng)
+        return DoorsKeysPolicy(inner, rng, self.context + self.query, self.noise)
+
+
+def run_episode(env, spec: Spec, seed: int) -> dict[str, np.ndarray]:
+    """One episode as arrays {key: (T, ...)} (layout in the module docstring)."""
+    obs, info = env.reset(seed=seed)
+    inner = env.unwrapped
+    policy = spec.policy(inner, np.random.default_rng([seed, 1]))  # its own stream, not the env's
+    no_action = np.zeros(env.action_space.n, np.float32)
+    steps = [(obs["image"], no_action, 0.0, info)]
+    length = spec.context + spec.query if spec.env != "distracting_memory" else None
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = env.action_space.from_index(policy.act())
+        obs, reward, terminated, truncated, info = env.step(action)
+        if info.get("teleport_source", -1) >= 0:
+            action = no_action  # paper Sec. 3.2: the agent is put there, it did not act
+            policy.replan()
+        steps.append((obs["image"], action, reward, info))
+    T = len(steps)
+    if length is not None and T != length:
+        raise RuntimeError(f"{spec.name}: episode has {T} frames, expected {length}")
+    arrays = {"image": np.stack([s[0] for s in steps]),                       # (T, S, S, 3)
+              "action": np.stack([s[1] for s in steps]).astype(np.float32),   # (T, A)
+              "reward": np.array([s[2] for s in steps], np.float32),          # (T,)
+              "is_first": np.arange(T) == 0, "is_last": np.arange(T) == T - 1,
+              "is_terminal": (np.arange(T) == T - 1) & terminated}
+    for key in KEYS_OF[spec.env]:
+        arrays[key] = np.array([s[3][INFO_KEY.get(key, key)] for s in steps], EXTRAS[key])
+    if length is not None:
+        arrays["phase"] = (np.arange(T) >= spec.context).astype(np.uint8)
+    else:  # query = frames after the first one at the junction
+        at = (arrays["cell"][:, 0] == inner.junction) & (arrays["cell"][:, 1] == 2)  # (T,)
+        arrays["phase"] = (np.cumsum(at) - at > 0).astype(np.uint8)
+    return arrays
+
+
+_ENV: dict[Spec, object] = {}  # one env per process, reused across its episodes
+
+
+def collect_one(spec: Spec, seed: int, index: int, out: str) -> tuple[int, int, float]:
+    """Write episode `index` to `out`; returns (index, frames, seconds)."""
+    start = time.perf_counter()
+    if spec not in _ENV:
+        close_envs()  # one MiniWorld env per process
+        _ENV[spec] = spec.build()
+    arrays = run_episode(_ENV[spec], spec, env_seed(seed, index))
+    write_atomic(episode_path(out, index), arrays)
+    return index, len(arrays["image"]), time.perf_counter() - start
+
+
+def close_envs() -> None:
+    while _ENV:
+        _ENV.popitem()[1].close()
+
+
+def episode_path(out: str, index: int) -> str:
+    return os.path.join(out, f"episode-{index:06d}.npz")
+
+
+def check_folder(out: str, spec: Spec, seed: int) -> None:
+    """Create `out` with dataset.yaml, or check that the one there has the same settings."""
+    os.makedirs(out, exist_ok=True)
+    meta, path = {**asdict(spec), "seed": seed}, os.path.join(out, "dataset.yaml")
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = YAML(typ="safe").load(f) or {}
+        for key in sorted(set(saved) | set(meta)):
+            if saved.get(key) != meta.get(key):
+                raise ConfigError(f"{out} holds a dataset with {key}={saved.get(key)!r} but this command "
+                                 f"gives {key}={meta.get(key)!r}: use another --memory.out or the same settings")
+        return
+    with open(path + ".tmp", "w") as f:
+        YAML().dump(meta, f)
+    os.replace(path + ".tmp", path)
+
+
+def collect(config) -> dict:
+    """Write the missing episodes of the dataset `config` describes; returns counts and timings."""
+    spec, m = Spec.from_config(config), config.memory
+    out = m.out or os.path.join("datasets", spec.name)
+    check_folder(out, spec, config.seed)
+    todo = [i for i in range(m.episodes) if not os.path.exists(episode_path(out, i))]
+    bar = None
+    if config.run.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=m.episodes, initial=m.episodes - len(todo), unit="episode", desc=spec.name, dynamic_ncols=True)
+    frames, busy, start = 0, 0.0, time.perf_counter()
+    if m.workers == 1 or len(todo) <= 1:
+        results = (collect_one(spec, config.seed, i, out) for i in todo)
+        pool = None
+    else:
+        # spawn, never fork: a forked child of a process that rendered with GL hangs, and two
+        # MiniWorld envs in one process corrupt each other (envs/make.py); this process renders nothing.
+        pool = concurrent.futures.ProcessPoolExecutor(min(m.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+        results = (f.result() for f in concurrent.futures.as_completed(
+            [pool.submit(collect_one, spec, config.seed, i, out) for i in todo]))
+    try:
+        for _, n, seconds in results:
+            frames, busy = frames + n, busy + seconds
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        close_envs()
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - start
+    return {"folder": out, "written": len(todo), "kept": m.episodes - len(todo), "frames": frames,
+            "seconds": wall, "seconds_per_episode": busy / max(len(todo), 1)}
+
+
+def main(argv=None) -> None:
+    from common.cli import fail, parse
+    config = parse(sys.argv[1:] if argv is None else argv, prog="python -m memory.collect",
+                   description="Generate an offline dataset for one of the paper's memory benchmarks.")
+    try:
+        stats = collect(config)
+    except ConfigError as e:
+        fail(str(e))
+    print(f"{stats['folder']}: wrote {stats['written']} episodes ({stats['frames']} frames) in "
+          f"{stats['seconds']:.1f} s, {stats['seconds_per_episode']:.2f} s per episode per worker; "
+          f"kept {stats['kept']} already there")
+
+
+if __name__ == "__main__":
+    main()
