@@ -140,3 +140,15 @@ def test_learns_a_tiny_sequence_task(backbone):
         loss.backward()
         opt.step()
     assert metrics["loss/image"].item() < 0.5 * baseline, (metrics["loss/image"].item(), baseline)
+
+
+@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
+def test_gaussian_latents_work_for_every_backbone(backbone):
+    wm, _ = make(backbone, **{"wm.latent": "gaussian", "loss.free_nats": "0.0"})
+    data = batch(2, 8)
+    loss, metrics, out, _, starts = wm.loss(data, wm.initial_state(2), torch.tensor([3, 7]))
+    assert out["z"].shape == (2, 8, wm.latent.size) and torch.isfinite(loss)
+    loss.backward()
+    assert wm.prior_net.net[-1].weight.grad.abs().sum() > 0
+    im = wm.imagine(starts, lambda f: torch.zeros(f.shape[0], 3), horizon=3)
+    assert torch.isfinite(im["feat"]).all()
