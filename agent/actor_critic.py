@@ -41,10 +41,12 @@ class ActorCritic(nn.Module):
     def policy(self, feat: torch.Tensor) -> td.Distribution:
         out = self.actor(feat)
         if self.discrete:
-            return td.OneHotCategoricalStraightThrough(logits=unimix_logits(out, self.unimix))
+            return td.OneHotCategoricalStraightThrough(logits=unimix_logits(out, self.unimix),
+                                                       validate_args=False)
         mean, std = out.chunk(2, -1)
         std = (self.max_std - self.min_std) * torch.sigmoid(std + 2.0) + self.min_std
-        return td.Independent(td.Normal(torch.tanh(mean), std), 1)
+        return td.Independent(td.Normal(torch.tanh(mean), std, validate_args=False), 1,
+                              validate_args=False)
 
     def act(self, feat: torch.Tensor, greedy: bool = False) -> torch.Tensor:
         """Action (B, A) for the environment: one-hot, or clipped to [-1, 1]."""

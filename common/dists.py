@@ -61,6 +61,17 @@ def twohot_bins(num: int, device=None) -> torch.Tensor:
     return torch.linspace(-20.0, 20.0, num, device=device)
 
 
+def sample_onehot(probs: torch.Tensor) -> torch.Tensor:
+    """One-hot sample of Categorical(probs) over the last dim with straight-through gradients.
+    Inverse-CDF sampling: one uniform draw per variable; ~13x faster than torch's multinomial on
+    CPU at 8192 x 32 x 32 (bench/backbones.py profile)."""
+    u = torch.rand(probs.shape[:-1] + (1,), device=probs.device, dtype=probs.dtype)
+    cdf = probs.detach().cumsum(-1)  # (..., C)
+    index = (cdf < u * cdf[..., -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)  # (...)
+    onehot = torch.nn.functional.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    return onehot + probs - probs.detach()
+
+
 class LatentSpace:
     """The stochastic latent z: `categorical` (stoch variables x classes one-hots, unimix,
     straight-through gradients; DreamerV3) or `gaussian` (stoch dims, softplus std).
@@ -79,13 +90,20 @@ class LatentSpace:
         if self.kind == "categorical":
             logits = stats.reshape(stats.shape[:-1] + (self.stoch, self.classes))  # (..., S, C)
             logits = unimix_logits(logits.float(), self.unimix)
-            return td.Independent(td.OneHotCategoricalStraightThrough(logits=logits), 1)
+            # validate_args=False: argument checks cost ~10% of a sequence-model step on CPU and a
+            # host sync per call on GPU (measured in bench/backbones.py).
+            return td.Independent(td.OneHotCategoricalStraightThrough(
+                logits=logits, validate_args=False), 1, validate_args=False)
         mean, std = stats.float().chunk(2, -1)
         std = 2 * torch.sigmoid(std / 2) + self.min_std
-        return td.Independent(td.Normal(mean, std), 1)
+        return td.Independent(td.Normal(mean, std, validate_args=False), 1, validate_args=False)
 
     def sample(self, stats: torch.Tensor) -> torch.Tensor:
-        z = self.dist(stats).rsample()
+        if self.kind == "categorical":
+            probs = self.dist(stats).base_dist.probs  # (..., S, C)
+            z = sample_onehot(probs)
+        else:
+            z = self.dist(stats).rsample()
         return z.reshape(stats.shape[:-1] + (self.size,))  # (..., S*C)
 
     def mode(self, stats: torch.Tensor) -> torch.Tensor:

@@ -103,3 +103,16 @@ def test_return_norm_percentile_range():
     norm.update(torch.zeros(10)), norm.update(torch.zeros(10)), norm.update(torch.zeros(10))
     norm.update(torch.zeros(10)), norm.update(torch.zeros(10)), norm.update(torch.zeros(10))
     assert norm.scale().item() == 1.0  # small returns are not amplified
+
+
+def test_onehot_sampler_matches_probabilities_and_passes_gradients():
+    from common.dists import sample_onehot
+    torch.manual_seed(0)
+    probs = torch.tensor([0.1, 0.6, 0.0, 0.3]).expand(200_000, 4).clone().requires_grad_(True)
+    z = sample_onehot(probs)
+    assert torch.allclose(z.detach().sum(-1), torch.ones(200_000))
+    assert ((z.detach() - z.detach().round()).abs() < 1e-6).all()  # one-hot values
+    freq = z.detach().mean(0)
+    assert torch.allclose(freq, torch.tensor([0.1, 0.6, 0.0, 0.3]), atol=0.005)
+    (z * torch.arange(4.0)).sum().backward()  # straight-through: d z / d probs = identity
+    assert torch.allclose(probs.grad[0], torch.arange(4.0))
