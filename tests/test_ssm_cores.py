@@ -1,0 +1,95 @@
+"""S4Core and S5Core against the SequenceCore contract: parallel == step, chunks with the state
+handed over == one pass, resets == separate episodes, states_at == stepped states, gradients."""
+import pytest
+import torch
+
+from common.tree import tree_map
+from tests.ssm_helpers import TOL, assert_close, resets, step_core
+from world_models.s4wm import S4Core
+from world_models.s5wm import S5Core
+
+B, T, H, N = 3, 37, 8, 12
+# Large dt (0.05..0.5): an off-by-one power, a leak across a reset or a dropped initial state
+# changes outputs by O(0.1), far above the tolerances.
+CORES = {
+    "s4": lambda: S4Core(d_model=H, n_blocks=2, d_state=N, dt_min=0.05, dt_max=0.5, init="lin"),
+    "s5": lambda: S5Core(d_model=H, n_blocks=2, d_state=N, dt_min=0.05, dt_max=0.5, init="hippo"),
+}
+
+
+def core(name, dtype):
+    torch.manual_seed(0)
+    return CORES[name]().to(dtype)
+
+
+def noisy_state(m):
+    return tree_map(lambda s: torch.randn_like(s), m.initial_state(B))
+
+
+@pytest.mark.parametrize("name", CORES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_parallel_equals_step(name, dtype):
+    m = core(name, dtype)
+    g, f = torch.randn(B, T, H, dtype=dtype), resets(B, T)
+    s0 = noisy_state(m)
+    h, sT, _ = m(g, f, s0)
+    h_step, s_step = step_core(m, g, f, s0)
+    assert_close(h, h_step, TOL[dtype])
+    assert_close(sT, s_step, TOL[dtype])
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_chunks_with_state_handover_equal_one_pass(name):
+    m = core(name, torch.float64)
+    g, f = torch.randn(B, T, H, dtype=torch.float64), resets(B, T)
+    h, sT, _ = m(g, f, m.initial_state(B))
+    state, hs = m.initial_state(B), []
+    for lo, hi in [(0, 9), (9, 10), (10, 26), (26, T)]:  # a chunk border right at the t=9 reset
+        hc, state, _ = m(g[:, lo:hi], f[:, lo:hi], state)
+        hs.append(hc)
+    assert_close(h, torch.cat(hs, 1), 1e-8)
+    assert_close(sT, state, 1e-8)
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_resets_equal_separate_episodes(name):
+    m = core(name, torch.float64)
+    g = torch.randn(B, T, H, dtype=torch.float64)
+    f = torch.zeros(B, T, dtype=torch.bool)
+    f[:, 0] = f[:, 15] = True
+    junk = tree_map(lambda s: 5 * torch.randn_like(s), m.initial_state(B))  # must be ignored
+    h, sT, _ = m(g, f, junk)
+    h1, _, _ = m(g[:, :15], f[:, :15], m.initial_state(B))
+    h2, s2, _ = m(g[:, 15:], torch.zeros(B, T - 15, dtype=torch.bool), m.initial_state(B))
+    assert_close(h, torch.cat([h1, h2], 1), 1e-8)
+    assert_close(sT, s2, 1e-8)
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_states_at_equal_stepped_states_and_continue(name):
+    m = core(name, torch.float64)
+    g, f = torch.randn(B, T, H, dtype=torch.float64), resets(B, T)
+    s0 = noisy_state(m)
+    pos = torch.tensor([0, 8, 9, 20, T - 1, 3])
+    h, _, at = m(g, f, s0, pos)
+    state, stepped = s0, []
+    for t in range(T):
+        _, state = m.step(g[:, t], state, f[:, t])
+        stepped.append(state)
+    for k, p in enumerate(pos.tolist()):
+        start = tree_map(lambda s: s.reshape(B, len(pos), *s.shape[1:])[:, k], at)  # b-major rows
+        assert_close(start, stepped[p], 1e-8)
+        if p < T - 1:  # imagination from states_at(p) continues exactly like the full sequence
+            h_cont, _ = step_core(m, g[:, p + 1:], f[:, p + 1:], start)
+            assert_close(h_cont, h[:, p + 1:], 1e-8)
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_gradients_reach_every_parameter(name):
+    m = core(name, torch.float32)
+    g, f = torch.randn(B, T, H, requires_grad=True), resets(B, T)
+    h, sT, _ = m(g, f, noisy_state(m))
+    (h.square().mean() + sum(s.abs().mean() for s in sT)).backward()
+    for pname, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, pname
+    assert g.grad.abs().sum() > 0
