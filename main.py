@@ -52,17 +52,29 @@ def main(argv=None) -> None:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
 
-    collector = Collector(config, logdir)  # env workers + replay (loads what is on disk)
+    B, T = config.train.batch_size, config.train.seq_len
+    if config.train.prefill < config.env.envs * T:
+        fail(f"train.prefill ({config.train.prefill}) must be >= env.envs x train.seq_len "
+             f"({config.env.envs * T}) so that every worker's stream holds a whole sequence")
+    try:
+        ckpt = checkpoint.load(logdir / "checkpoint.pt")
+    except RuntimeError as e:
+        fail(str(e))
+    step = int(ckpt["step"]) if ckpt is not None else 0
+    collector = Collector(config, logdir, step)  # env workers + replay (loads what is on disk)
     agent = build_agent(config, collector.act_dim, collector.discrete, device)
     logger = Logger(logdir)
-    B, T = config.train.batch_size, config.train.seq_len
-    ckpt = checkpoint.load(logdir / "checkpoint.pt")
-    step, updates = 0, 0
+    updates, ratio_done, pretrain = 0, 0, config.train.pretrain
     if ckpt is not None:
-        agent.restore(ckpt["agent"])
-        checkpoint.set_rng_state(ckpt["rng"])
-        collector.sampler_state(ckpt["sampler"])
-        step, updates = int(ckpt["step"]), int(ckpt["updates"])
+        try:
+            agent.restore(ckpt["agent"])
+            checkpoint.set_rng_state(ckpt["rng"])
+            collector.sampler_state(ckpt["sampler"])
+            updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
+                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        pretrain = 0
         print(f"resuming {logdir} at step {step} ({updates} updates, {len(collector.replay)} "
               f"steps in replay)")
 
@@ -70,12 +82,13 @@ def main(argv=None) -> None:
         collector.replay.flush()
         checkpoint.save(logdir / "checkpoint.pt", {
             "agent": agent.checkpoint(), "step": step, "updates": updates,
+            "ratio_done": ratio.done,
             "rng": checkpoint.rng_state(), "sampler": collector.sampler_state()})
 
     should_log, should_eval = Every(config.run.log_every, step), Every(config.run.eval_every, step)
     should_video = Every(config.run.video_every, step)
     should_save = Every(config.run.checkpoint_every, step)
-    ratio = Ratio(config.train.train_ratio, B * T, updates)
+    ratio = Ratio(config.train.train_ratio, B * T, ratio_done)
     prefill, bad_updates, healthy = config.train.prefill, 0, True
     carried, timer = None, {"t": time.time(), "step": step, "updates": updates}
     progress = collector.progress(step) if config.run.progress else None
@@ -89,7 +102,7 @@ def main(argv=None) -> None:
 
             # 2. update world model + actor-critic, train_ratio replayed steps per env step
             if step >= prefill and len(collector.replay) >= B * T:
-                due = ratio(step - prefill) + (config.train.pretrain if updates == 0 else 0)
+                due, pretrain = ratio(step - prefill) + pretrain, 0
                 for _ in range(due):
                     batch, reset = collector.sample(B, T)
                     metrics, carried, ok = agent.update(batch, carried, reset)
@@ -124,13 +137,13 @@ def main(argv=None) -> None:
                 if progress is not None:
                     progress.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in means.items()
                                           if k in ("episode/return", "fps/env")})
-            if should_save(step):
+            if should_save(step) and bad_updates == 0:  # never replace a good checkpoint by a bad one
                 save()
     except KeyboardInterrupt:
         print(f"interrupted at step {step}: saving a checkpoint", file=sys.stderr)
     finally:
         collector.replay.flush()  # what was collected is never lost, even when stopping on NaN
-        if healthy:
+        if healthy and bad_updates == 0:
             save()
         collector.close()
         logger.write(step)

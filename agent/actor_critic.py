@@ -65,10 +65,12 @@ class ActorCritic(nn.Module):
     def loss(self, wm, start: dict, start_cont: torch.Tensor):
         """Imagine from `start` (N states) and return (actor_loss, critic_loss, metrics)."""
         backprop = self.grad == "straight_through"
+        raw = []  # the policy's samples; the model sees them clipped to [-1, 1] like the env does
 
         def sample(feat):
             a = self.policy(feat.detach()).rsample() if backprop else self.policy(feat).sample()
-            return a if self.discrete or not backprop else a.clamp(-1, 1)
+            raw.append(a)
+            return a if self.discrete else a.clamp(-1, 1)
 
         with torch.set_grad_enabled(backprop):
             traj = wm.imagine(start, sample, self.horizon)
@@ -76,24 +78,29 @@ class ActorCritic(nn.Module):
             reward = wm.reward(feat[:, 1:])  # (N, H)
             cont = wm.cont(feat[:, 1:])  # (N, H)
         value = self.value(feat).mean()  # (N, H+1)
-        ret = lambda_returns(reward, cont, value.detach(), self.gamma, self.lam)  # (N, H)
+        # straight_through: the actor's returns keep their gradient through rewards, continues and
+        # bootstrap values (DreamerV1/V2); the critic and the normaliser see them detached.
+        ret_actor = lambda_returns(reward, cont, value if backprop else value.detach(),
+                                   self.gamma, self.lam)  # (N, H)
+        ret = ret_actor.detach()
         weight = trajectory_weight(cont.detach(), self.gamma, start_cont)  # (N, H)
-        self.retnorm.update(ret)
+        if torch.isfinite(ret).all():  # one non-finite batch must not poison the running range
+            self.retnorm.update(ret)
         scale = self.retnorm.scale()
 
         policy = self.policy(feat[:, :-1].detach())
         entropy = policy.entropy()  # (N, H)
         if backprop:
-            objective = ret / scale
+            objective = ret_actor / scale
         else:
             adv = (ret - value[:, :-1]).detach() / scale
-            objective = policy.log_prob(traj["action"].detach()) * adv
+            objective = policy.log_prob(torch.stack(raw, 1).detach()) * adv
         actor_loss = -(weight * (objective + self.entropy_scale * entropy)).mean()
 
         feat_c = feat[:, :-1].detach()
         dist = self.value(feat_c)
         slow_target = self.value(feat_c, slow=True).mean().detach()
-        critic_loss = -(dist.log_prob(ret.detach()) + self.slow_reg * dist.log_prob(slow_target))
+        critic_loss = -(dist.log_prob(ret) + self.slow_reg * dist.log_prob(slow_target))
         critic_loss = (weight * critic_loss).mean()
         metrics = {"ac/return": ret.mean().detach(), "ac/value": value.mean().detach(),
                    "ac/imag_reward": reward.mean().detach(), "ac/entropy": entropy.mean().detach(),

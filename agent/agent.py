@@ -72,16 +72,21 @@ class Agent(torch.nn.Module):
         if not torch.isfinite(wm_loss):
             return {}, None, False
         metrics["wm/grad_norm"] = self._step(self.wm_opt, wm_loss, self.wm.parameters(), self.wm_clip)
+        if not torch.isfinite(metrics["wm/grad_norm"]):
+            return {}, None, False
 
         start = detach(starts)
         start_cont = 1.0 - data["is_terminal"][:, positions].reshape(-1).float()  # (B*K,)
         actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, start, start_cont)
         if not (torch.isfinite(actor_loss) and torch.isfinite(critic_loss)):
-            return {}, None, False
+            return {}, None, False  # the world model stepped; the actor-critic is left as it was
         metrics["ac/actor_grad_norm"] = self._step(
             self.actor_opt, actor_loss, self.ac.actor.parameters(), self.ac_clip)
         metrics["ac/critic_grad_norm"] = self._step(
             self.critic_opt, critic_loss, self.ac.critic.parameters(), self.ac_clip)
+        if not (torch.isfinite(metrics["ac/actor_grad_norm"])
+                and torch.isfinite(metrics["ac/critic_grad_norm"])):
+            return {}, None, False
         self.ac.update_slow()
         metrics.update(ac_metrics)
         metrics["loss/world_model"] = wm_loss.detach()
@@ -90,11 +95,13 @@ class Agent(torch.nn.Module):
         return floats, detach(new_state), True
 
     def _step(self, opt, loss, params, clip):
+        """Backward, clip, step; a non-finite gradient norm skips the step (weights untouched)."""
         opt.zero_grad(set_to_none=True)
         self.wm_opt.zero_grad(set_to_none=True)  # actor gradients through the model are discarded
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(list(params), clip)
-        opt.step()
+        if torch.isfinite(norm):
+            opt.step()
         return norm.detach()
 
     # ---- checkpoint -------------------------------------------------------------------------

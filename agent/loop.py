@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from common.logger import openloop_grid
-from envs import make_vector_env
+from envs import env_seed, make_vector_env
 from envs.spaces import OneHot
 from replay import Replay, StreamSampler
 
@@ -28,10 +28,13 @@ def env_kwargs(config) -> dict:
 class Collector:
     """Training env workers, the replay they fill, and episode statistics."""
 
-    def __init__(self, config, logdir):
+    def __init__(self, config, logdir, start_step: int = 0):
         self.config = config
         self.num_envs = config.env.envs
-        self.envs = make_vector_env(config.task, self.num_envs, seed=config.seed, **env_kwargs(config))
+        # Worker i is seeded from (seed, i) by make_vector_env; a resumed run continues with fresh
+        # episodes (seed derived from the step) rather than replaying the opening ones.
+        seed = config.seed if start_step == 0 else env_seed(config.seed, start_step)
+        self.envs = make_vector_env(config.task, self.num_envs, seed=seed, **env_kwargs(config))
         space = self.envs.single_action_space
         self.discrete, self.act_dim = isinstance(space, OneHot), int(space.shape[0])
         self.low, self.high = (0.0, 1.0) if self.discrete else (-1.0, 1.0)
@@ -40,7 +43,7 @@ class Collector:
         self.stream = StreamSampler(self.replay, config.train.batch_size, config.train.seq_len,
                                     seed=config.seed + 1)
         self.rng = np.random.default_rng(config.seed + 2)  # random prefill policy
-        self.obs, _ = self.envs.reset(seed=config.seed)
+        self.obs, _ = self.envs.reset()
         self.prev_action = np.zeros((self.num_envs, self.act_dim), np.float32)
         self.policy_state = None
         self.ret = np.zeros(self.num_envs)
@@ -111,9 +114,10 @@ class Collector:
 def evaluate(config, agent, logger, step: int, video: bool) -> dict:
     """Greedy episodes in separate workers; returns eval/return and eval/length; logs a video."""
     n = config.env.eval_envs
-    envs = make_vector_env(config.task, n, seed=config.seed + 10_000 + step, **env_kwargs(config))
+    envs = make_vector_env(config.task, n, seed=env_seed(config.seed + 10_000, step),
+                           **env_kwargs(config))
     try:
-        obs, _ = envs.reset(seed=config.seed + 10_000 + step)
+        obs, _ = envs.reset()
         act_dim = int(envs.single_action_space.shape[0])
         state, prev = agent.initial_policy_state(n), np.zeros((n, act_dim), np.float32)
         ret, length, frames, results = np.zeros(n), np.zeros(n, int), [], []

@@ -26,6 +26,18 @@ CHOICES = {
 }
 
 
+# Smallest valid value of numeric keys (checked at merge time, one-line errors).
+MINIMUM = {
+    "seed": 0, "steps": 0, "threads": 0, "env.envs": 1, "env.eval_envs": 1, "env.image_size": 8,
+    "replay.capacity": 1, "replay.chunk": 1, "train.batch_size": 1, "train.seq_len": 2,
+    "train.train_ratio": 0.0, "train.prefill": 0, "wm.stoch": 1, "wm.classes": 2, "wm.d_model": 1,
+    "wm.units": 1, "wm.cnn_depth": 1, "wm.reward_bins": 2, "wm.lr": 0.0, "s4.n_blocks": 1,
+    "s4.d_state": 2, "s5.n_blocks": 1, "s5.d_state": 2, "rssm.tbtt_length": 1, "tssm.n_layers": 1,
+    "tssm.n_heads": 1, "tssm.mem_len": 1, "ac.horizon": 1, "ac.start_stride": 1, "ac.units": 1,
+    "run.eval_episodes": 1, "run.openloop_context": 1, "run.nan_patience": 1,
+}
+
+
 class ConfigError(ValueError):
     """A user mistake in configs or flags; its message is a single line."""
 
@@ -183,8 +195,15 @@ def merge(blocks: dict, names: list[str], overrides: dict | None = None) -> Conf
         if key in flat and flat[key] not in choices:
             raise ConfigError(f"config key '{key}' has unknown value {flat.get(key)!r} "
                               f"(choices: {', '.join(choices)})")
+    for key, low in MINIMUM.items():
+        if key in flat and flat[key] < low:
+            raise ConfigError(f"config key '{key}' must be >= {low}, got {flat[key]!r}")
+    if "ac.start_stride" in flat and flat["ac.start_stride"] > flat["train.seq_len"]:
+        raise ConfigError(f"config key 'ac.start_stride' ({flat['ac.start_stride']}) must be <= "
+                          f"train.seq_len ({flat['train.seq_len']}): no imagination start otherwise")
     device = flat.get("device", "auto")
-    if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:")
+                                                     and device[5:].isdigit())):
         raise ConfigError(f"config key 'device' has unknown value {device!r} "
                           f"(choices: auto, cpu, cuda, cuda:<index>)")
     return Config(flat)
@@ -213,11 +232,12 @@ def check_resume(saved_text: str, config: Config, path) -> None:
     """A rerun in an existing logdir must use the same config (steps may grow to continue longer)."""
     saved = _flatten(YAML(typ="safe").load(saved_text) or {})
     now = config.flat()
-    allowed = {"steps", "logdir", "device"}
+    # Settings that do not change what the run computes may differ on resume.
+    allowed = {"steps", "logdir", "device", "threads"}
     for key in sorted(set(saved) | set(now)):
         if key not in saved:  # a key added to the schema after the run started: its default holds
             continue
-        if key in allowed or saved.get(key) == now.get(key):
+        if key in allowed or key.startswith("run.") or saved.get(key) == now.get(key):
             continue
         if isinstance(now.get(key), list) and list(saved.get(key) or []) == now.get(key):
             continue

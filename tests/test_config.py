@@ -81,6 +81,10 @@ def test_every_default_key_has_a_comment():
     (["--steps", "many"], "config key 'steps' expects int"),
     (["--backbone", "gru"], "choices: s4wm, s5wm, rssm, tssm"),
     (["--task", "atari_pong", "--logdir", "{tmp}"], "atari"),
+    (["--ac.start_stride", "0"], "config key 'ac.start_stride' must be >= 1, got 0"),
+    (["--configs", "debug", "--ac.start_stride", "32"], "must be <= train.seq_len (16)"),
+    (["--device", "cuda:x"], "choices: auto, cpu, cuda, cuda:<index>"),
+    (["--configs", "debug", "--env.envs", "8", "--logdir", "{tmp}"], "train.prefill (100) must be"),
 ])
 def test_cli_errors_exit_2_with_one_line(args, needle, tmp_path):
     args = [a.replace("{tmp}", str(tmp_path / "run")) for a in args]

@@ -93,6 +93,24 @@ def test_trajectory_weight():
     assert torch.allclose(w, torch.tensor([[1.0, 0.5, 0.0]]))
 
 
+def test_nonfinite_returns_do_not_poison_the_normaliser():
+    from agent.actor_critic import ActorCritic
+    norm = ReturnNorm()
+    norm.update(torch.arange(101.0))
+    ac = ActorCritic(feat_size=4, act_dim=2, discrete=True, units=8, layers=1, bins=5)
+    ac.retnorm = norm
+
+    class BadModel:  # imagined rewards are NaN
+        def imagine(self, start, policy, horizon):
+            feat = torch.zeros(3, horizon + 1, 4)
+            actions = torch.stack([policy(feat[:, t]) for t in range(horizon)], 1)
+            return {"feat": feat, "action": actions}
+        reward = staticmethod(lambda f: torch.full(f.shape[:-1], float("nan")))
+        cont = staticmethod(lambda f: torch.ones(f.shape[:-1]))
+    actor_loss, _, _ = ac.loss(BadModel(), {}, torch.ones(3))
+    assert not torch.isfinite(actor_loss) and norm.range.item() == pytest.approx(90.0)
+
+
 def test_return_norm_percentile_range():
     norm = ReturnNorm(decay=0.5, limit=1.0)
     x = torch.arange(101, dtype=torch.float32)  # 5th..95th percentile = 5..95, range 90

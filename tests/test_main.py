@@ -110,3 +110,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_rerun_resumes(tmp_path):
     out = run("--configs", "debug", "miniworld", "rssm", "--logdir", str(logdir),
               "--steps", str(saved["step"] + 20), "--run.checkpoint_every", "100000").stdout
     assert f"at step {saved['step']}" in out
+
+
+def test_corrupt_checkpoint_fails_in_one_line(tmp_path):
+    logdir = tmp_path / "run"
+    run("--configs", "debug", "miniworld", "rssm", "--logdir", str(logdir), "--steps", "60")
+    (logdir / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    proc = subprocess.run([sys.executable, "main.py", "--configs", "debug", "miniworld", "rssm",
+                           "--logdir", str(logdir)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "checkpoint" in proc.stderr and "unreadable" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
