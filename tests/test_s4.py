@@ -9,7 +9,7 @@ import torch
 
 from world_models.s4wm import S4D, S4Core, next_fast_len, segment_conv
 
-from tests.ssm_helpers import CPLX, TOL, assert_close, resets
+from tests.core_helpers import CPLX, TOL, assert_close, resets
 
 B, T, H, N = 3, 37, 8, 12
 

@@ -9,7 +9,7 @@ import torch
 
 from world_models.s5wm import S5, S5Core, associative_scan, hippo_n_diag
 
-from tests.ssm_helpers import CPLX, TOL, assert_close, resets
+from tests.core_helpers import CPLX, TOL, assert_close, resets
 
 B, T, H, P = 3, 41, 8, 12
 

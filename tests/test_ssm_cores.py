@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.tree import tree_map
-from tests.ssm_helpers import TOL, assert_close, resets, step_core
+from tests.core_helpers import TOL, assert_close, resets, step_core
 from world_models.s4wm import S4Core
 from world_models.s5wm import S5Core
 

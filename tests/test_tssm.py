@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from world_models.tssm import TransformerXLCore, reference_forward, rel_shift
+from tests.core_helpers import step_core
 
 B, D = 3, 16
 
@@ -44,14 +45,6 @@ def run_chunks(core, g, is_first, chunk: int, state=None):
         h, state, _ = core(g[:, s:s + chunk], is_first[:, s:s + chunk], state)
         hs.append(h)
     return torch.cat(hs, 1), state
-
-
-def run_steps(core, g, is_first, state):
-    hs = []
-    for t in range(g.shape[1]):
-        h, state = core.step(g[:, t], state, is_first[:, t])
-        hs.append(h)
-    return torch.stack(hs, 1), state
 
 
 RESETS = ((0, 5), (1, 0), (1, 13), (2, 17), (2, 18))
@@ -129,7 +122,7 @@ def test_step_with_cache_equals_parallel(mem_len):
     g, is_first = inputs(20, resets=RESETS)
     with torch.no_grad():
         h_par, state_par, _ = core(g, is_first, core.initial_state(B))
-        h_step, state_step = run_steps(core, g, is_first, core.initial_state(B))
+        h_step, state_step = step_core(core, g, is_first, core.initial_state(B))
     torch.testing.assert_close(h_step, h_par, rtol=0, atol=1e-10)
     assert_same_state(state_step, state_par)
 
@@ -160,7 +153,7 @@ def test_states_at_then_stepping_continues_the_sequence():
         for k, t in enumerate(positions.tolist()):
             start = {key: x[k::K] for key, x in at.items()}  # rows b*K + k, b-major
             t_abs = 8 + t
-            h, _ = run_steps(core, g[:, t_abs + 1:], is_first[:, t_abs + 1:], start)
+            h, _ = step_core(core, g[:, t_abs + 1:], is_first[:, t_abs + 1:], start)
             torch.testing.assert_close(h, h_full[:, t_abs + 1:], rtol=0, atol=1e-10)
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the SSM tests (S4 and S5 layers and cores)."""
+"""Helpers shared by the sequence-core tests (S4, S5, TSSM-XL)."""
 import torch
 
 TOL = {torch.float64: 1e-8, torch.float32: 1e-4}
