@@ -228,3 +228,21 @@ def test_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "memory.collect", "--memory.env", "mazes"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "memory.env" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_distracting_memory_distractors_vary_and_the_cue_leaves_view():
+    spec = Spec("distracting_memory", 0, False, 6, 0, 0, 0, 0.0, 64)
+    env = spec.build()
+    inner = env.unwrapped
+    hallways = []
+    for index in range(3):
+        seed = env_seed(1, index)
+        env.reset(seed=seed)
+        hallways.append(tuple(inner.grid.get(x, 2).color for x in range(4, inner.junction)))
+        arrays = run_episode(env, spec, seed)
+        # the 5x5 window is centred on the agent: from hallway cell x >= 5 on, the cue cell (2, 2)
+        # is more than 2 cells away, so the cue must be remembered, not seen
+        in_hallway = arrays["cell"][:, 0] >= 5
+        assert in_hallway.any() and (np.abs(arrays["cell"][in_hallway, 0] - 2) > 2).all()
+    assert len(set(hallways)) == 3  # distractors are drawn anew each episode
+    env.close()
