@@ -121,3 +121,14 @@ def test_corrupt_checkpoint_fails_in_one_line(tmp_path):
                           timeout=120)
     assert proc.returncode == 2 and "checkpoint" in proc.stderr and "unreadable" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_carry_state_run_with_two_workers(tmp_path):
+    """Consecutive-chunk sampling with the backbone state carried across updates, 2 env workers."""
+    logdir = tmp_path / "run"
+    run("--configs", "debug", "miniworld", "tssm", "--train.carry_state", "true",
+        "--env.envs", "2", "--logdir", str(logdir), "--steps", "200")
+    rows = [json.loads(l) for l in (logdir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 200 and any("train/loss/image" in r for r in rows)
+    from replay import Replay
+    assert len(Replay(str(logdir / "replay"), 10_000, readonly=True)) >= 200
