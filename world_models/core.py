@@ -32,7 +32,8 @@ class SequenceCore(nn.Module):
         Returns (h (B, T, D), final_state, states_at) where states_at is None when positions is None,
         else the state *after* consuming g_t for each t in positions, as a pytree whose batch
         dimension is B*K ordered b-major (row b*K + k is batch b at positions[k]). These are the
-        start states of imagination.
+        start states of imagination; they need not carry gradient (the agent detaches them), so a
+        core may compute them without building a graph.
         """
         raise NotImplementedError
 

@@ -174,7 +174,8 @@ class S4D(nn.Module):
         final = _states_at(u, V, dA, dB, x0, is_first, last)[:, 0]  # (B, H, N2)
         if positions is None:
             return y.transpose(1, 2), final, None
-        at = _states_at(u, V, dA, dB, x0, is_first, positions.to(u.device))  # (B, K, H, N2)
+        with torch.no_grad():  # imagination starts are detached (core.py): keep no graph for them
+            at = _states_at(u, V, dA, dB, x0, is_first, positions.to(u.device))  # (B, K, H, N2)
         return y.transpose(1, 2), final, at.reshape(-1, H, at.shape[-1])  # (B*K, H, N2) b-major
 
     def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None):
