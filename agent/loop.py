@@ -72,11 +72,7 @@ class Collector:
             logger.scalar("episode/return", self.ret[i])
             logger.scalar("episode/length", self.length[i])
             self.ret[i], self.length[i] = 0.0, 0
-        return self.num_envs * self.action_repeat
-
-    @property
-    def action_repeat(self) -> int:
-        return 1  # env steps are counted in agent steps; action repeat lives inside the env
+        return self.num_envs  # steps are agent steps; action repeat lives inside the env
 
     def _random_action(self):
         if self.discrete:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.dists import LatentSpace, twohot_bins
+from common.dists import LatentSpace, TwoHot, twohot_bins
 from world_models import losses
 from world_models.core import SequenceCore
 from world_models.nets import MLP, ConvDecoder, ConvEncoder
@@ -70,14 +70,10 @@ class WorldModel(nn.Module):
         return torch.cat([x["h"], x["z"]], -1)
 
     def reward(self, feat):
-        return self._twohot_mean(self.reward_head(feat))
+        return TwoHot(self.reward_head(feat), self.bins).mean()
 
     def cont(self, feat):
         return torch.sigmoid(self.cont_head(feat).squeeze(-1))
-
-    def _twohot_mean(self, logits):
-        from common.dists import TwoHot
-        return TwoHot(logits, self.bins).mean()
 
     def loss(self, data: dict, state: dict, positions=None):
         """World-model loss on a batch of sequences (data tensors (B, T, ...), see replay/).
