@@ -117,8 +117,9 @@ def evaluate(config, agent, logger, step: int, video: bool) -> dict:
         act_dim = int(envs.single_action_space.shape[0])
         state, prev = agent.initial_policy_state(n), np.zeros((n, act_dim), np.float32)
         ret, length, frames, results = np.zeros(n), np.zeros(n, int), [], []
+        quota, done = -(-config.run.eval_episodes // n), np.zeros(n, int)
         recording = video
-        while len(results) < config.run.eval_episodes:
+        while len(results) < quota * n:
             if recording:
                 frames.append(obs["image"][0])
             action, state = agent.act(obs, state, prev, greedy=True)
@@ -128,14 +129,15 @@ def evaluate(config, agent, logger, step: int, video: bool) -> dict:
             ret += np.where(first, 0.0, reward)
             length += ~first
             for i in np.flatnonzero(obs["is_last"]):
-                results.append((ret[i], length[i]))
+                if done[i] < quota:  # equal episodes per worker: no bias towards short episodes
+                    results.append((ret[i], length[i]))
+                    done[i] += 1
                 ret[i], length[i] = 0.0, 0
                 recording = recording and i != 0  # the video shows worker 0's first episode
         if video and frames:
             logger.video("eval/policy", np.stack(frames), step)
     finally:
         envs.close()
-    results = results[: config.run.eval_episodes]
     return {"return": float(np.mean([r for r, _ in results])),
             "length": float(np.mean([l for _, l in results]))}
 
