@@ -32,6 +32,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def offline_name(config) -> str:
+    """Default run name of an offline memory run: offline_<dataset>, e.g. offline_four_rooms."""
+    from common.config import ConfigError
+    from memory.collect import Spec
+    try:
+        return "offline_" + Spec.from_config(config).name
+    except ConfigError as e:
+        fail(str(e))
+
+
 def _stop(signum, frame):
     raise KeyboardInterrupt
 
@@ -46,11 +56,14 @@ def main(argv=None) -> None:
         parse_task(config.task)  # an unknown task fails here in one line, not inside a worker
     except ValueError as e:
         fail(str(e))
-    logdir = prepare_logdir(config)
+    logdir = prepare_logdir(config, offline_name(config) if config.mode == "offline" else None)
     checkpoint.seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
+    if config.mode == "offline":  # a memory benchmark: the world model alone, on its dataset
+        from memory.train import run
+        return run(config, logdir, device)
 
     B, T = config.train.batch_size, config.train.seq_len
     if config.train.prefill < config.env.envs * T:

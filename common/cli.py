@@ -35,10 +35,11 @@ def parse(argv: list[str], prog: str = "main.py",
         fail(str(e))
 
 
-def prepare_logdir(config) -> pathlib.Path:
-    """The run folder (derived from task, backbone and seed unless given) with config.yaml in it.
-    An existing folder is a run to resume: its saved config must match this one."""
-    logdir = pathlib.Path(config.logdir or f"runs/{config.task}_{config.backbone}_seed{config.seed}")
+def prepare_logdir(config, name: str | None = None) -> pathlib.Path:
+    """The run folder (derived from `name` or the task, backbone and seed unless given) with
+    config.yaml in it. An existing folder is a run to resume: its saved config must match this one."""
+    name = name or config.task
+    logdir = pathlib.Path(config.logdir or f"runs/{name}_{config.backbone}_seed{config.seed}")
     saved = logdir / "config.yaml"
     if saved.exists():
         try:

@@ -20,6 +20,7 @@ CONFIG_FILE = pathlib.Path(__file__).resolve().parent.parent / "configs.yaml"
 # Keys whose value must be one of a fixed set of words (checked at merge time, one-line errors).
 CHOICES = {
     "backbone": ["s4wm", "s5wm", "rssm", "tssm"],
+    "mode": ["online", "offline"],
     "wm.latent": ["categorical", "gaussian"],
     "ac.actor_grad": ["reinforce", "straight_through"],
     "s4.init": ["lin", "inv"],
@@ -35,6 +36,9 @@ MINIMUM = {
     "s4.d_state": 2, "s5.n_blocks": 1, "s5.d_state": 2, "rssm.tbtt_length": 1, "tssm.n_layers": 1,
     "tssm.n_heads": 1, "tssm.mem_len": 1, "ac.horizon": 1, "ac.start_stride": 1, "ac.units": 1,
     "run.eval_episodes": 1, "run.openloop_context": 1, "run.nan_patience": 1,
+    "offline.updates": 0, "offline.window": 0, "offline.test_episodes": 1, "offline.query_observe": 0,
+    "offline.eval_every": 1, "offline.eval_batch": 1, "offline.log_every": 1,
+    "offline.checkpoint_every": 1,
 }
 
 
@@ -233,7 +237,8 @@ def check_resume(saved_text: str, config: Config, path) -> None:
     saved = _flatten(YAML(typ="safe").load(saved_text) or {})
     now = config.flat()
     # Settings that do not change what the run computes may differ on resume.
-    allowed = {"steps", "logdir", "device", "threads"}
+    allowed = {"steps", "logdir", "device", "threads", "offline.updates", "offline.eval_every",
+               "offline.eval_batch", "offline.log_every", "offline.checkpoint_every"}
     for key in sorted(set(saved) | set(now)):
         if key not in saved:  # a key added to the schema after the run started: its default holds
             continue

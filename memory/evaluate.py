@@ -1,0 +1,148 @@
+"""Evaluation of a trained world model on held-out episodes of a memory benchmark (paper Sec. 3).
+
+Every episode is split by its recorded `phase`: context frames (0) are observed (posterior), query
+frames (1) are imagined from the recorded actions alone (prior), except the first `query_observe`
+query frames, which are observed too (teleport variants: the model is shown where it landed).
+
+    rooms, multi doors keys   recon_* over the context, gen_* over the imagined query frames,
+                              per-frame curves over the imagination step (index 0 = first imagined
+                              frame); teleport: gen_mse_revisit over query frames that show a view
+                              the context already showed (memory.metrics.revisit_mask)
+    distracting memory        reward accuracy at the recorded decision step, (a) 'inference': the
+                              whole episode observed, (b) 'imagination': the context observed, the
+                              rest imagined; plus gen_mse of the imagined frames
+
+Formulas: memory/metrics.py. Everything here runs under no_grad in chunks of `chunk` steps, so an
+episode of any length fits in memory.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from agent.agent import to_torch
+from memory import metrics
+
+MODEL_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
+
+
+def to_uint8(pred: torch.Tensor) -> np.ndarray:
+    """Decoder means in [-0.5, 0.5] units -> uint8 images."""
+    return ((pred + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def observe(wm, data: dict, state: dict, chunk: int):
+    """Posterior pass over data (B, T, ...) in chunks. Returns (feat (B, T, F), final state)."""
+    feats, T = [], data["image"].shape[1]
+    for s in range(0, T, chunk):
+        part = {k: v[:, s:s + chunk] for k, v in data.items()}
+        out, state, _ = wm.observe(wm.encoder(part["image"]), part["action"], part["is_first"], state)
+        feats.append(wm.feat(out))
+    return torch.cat(feats, 1), state
+
+
+@torch.no_grad()
+def decode(wm, feat: torch.Tensor, chunk: int) -> np.ndarray:
+    """feat (B, T, F) -> uint8 images (B, T, H, W, C), decoded `chunk` steps at a time."""
+    return np.concatenate([to_uint8(wm.decoder(feat[:, s:s + chunk]))
+                           for s in range(0, feat.shape[1], chunk)], 1)
+
+
+@torch.no_grad()
+def rollout(wm, episodes: list[dict], context: int, query_observe: int, chunk: int, device):
+    """Observe the first context + query_observe frames of equally long episodes, imagine the rest.
+    Returns (recon uint8 (B, context, ...), imagined feats (B, Q', F), imagined uint8 (B, Q', ...))
+    with Q' = T - context - query_observe."""
+    data = to_torch({k: np.stack([e[k] for e in episodes]) for k in MODEL_KEYS}, device)
+    B, T = data["is_first"].shape
+    seen = context + query_observe
+    feat, state = observe(wm, {k: v[:, :seen] for k, v in data.items()}, wm.initial_state(B), chunk)
+    recon = decode(wm, feat[:, :context], chunk)
+    imag = wm.imagine(state, data["action"][:, seen:], T - seen)["feat"][:, 1:]  # (B, Q', F)
+    return recon, imag, decode(wm, imag, chunk)
+
+
+def _context_length(episode: dict) -> int:
+    return int(np.sum(episode["phase"] == 0))
+
+
+def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int, chunk: int,
+                    device, revisit: bool) -> tuple[dict, dict, np.ndarray]:
+    """Rooms and Multi Doors Keys (all episodes the same length). Returns (summary of scalar
+    means, curves over the imagination step, prediction of episode 0 as uint8 (T, H, W, C):
+    reconstructed context, observed query frames (their reconstruction), imagined frames)."""
+    context = _context_length(episodes[0])
+    per_frame, recon_mse, revisit_err, video = [], [], [], None
+    for s in range(0, len(episodes), batch):
+        group = episodes[s:s + batch]
+        truth = np.stack([e["image"] for e in group])  # (B, T, H, W, C)
+        recon, _, imag = rollout(wm, group, context, query_observe, chunk, device)
+        seen = context + query_observe
+        recon_mse.append(metrics.mse(recon, truth[:, :context]))  # (B, context)
+        per_frame.append(metrics.image_scores(imag, truth[:, seen:]))  # each (B, Q')
+        if revisit:
+            for b, e in enumerate(group):
+                mask = metrics.revisit_mask(e["pose"], e["phase"])[seen:]  # (Q',)
+                if mask.any():
+                    revisit_err.append(per_frame[-1]["mse"][b][mask].mean())
+        if video is None:
+            observed = decode_observed(wm, group[:1], context, seen, chunk, device)
+            video = np.concatenate([recon[0], observed, imag[0]], 0)
+    scores = {k: np.concatenate([p[k] for p in per_frame], 0) for k in per_frame[0]}  # (N, Q')
+    summary = {"recon_mse": float(np.concatenate(recon_mse).mean())}
+    summary.update({f"gen_{k}": float(v.mean()) for k, v in scores.items()})
+    if revisit:
+        summary["gen_mse_revisit"] = float(np.mean(revisit_err)) if revisit_err else float("nan")
+    curves = {k: v.mean(0).tolist() for k, v in scores.items()}
+    return summary, curves, video
+
+
+def decode_observed(wm, group, context, seen, chunk, device) -> np.ndarray:
+    """Reconstructions of the observed query frames (context..seen) of one episode, (n, H, W, C)."""
+    if seen == context:
+        return np.zeros((0,) + group[0]["image"].shape[1:], np.uint8)
+    data = to_torch({k: np.stack([e[k][:seen] for e in group]) for k in MODEL_KEYS}, device)
+    feat, _ = observe(wm, data, wm.initial_state(1), chunk)
+    return decode(wm, feat[:, context:], chunk)[0]
+
+
+@torch.no_grad()
+def evaluate_rewards(wm, episodes: list[dict], *, chunk: int, device) -> tuple[dict, dict, np.ndarray]:
+    """Distracting Memory: reward accuracy at the decision step, observed vs imagined (one episode
+    at a time: lengths differ). Returns (summary, curves {}, prediction of episode 0)."""
+    inference, imagination, gen_mse, video = [], [], [], None
+    for e in episodes:
+        data = to_torch({k: e[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
+        T, t = len(e["image"]), metrics.decision_step(e["reward_step"])
+        feat, _ = observe(wm, data, wm.initial_state(1), chunk)
+        inference.append(metrics.reward_correct(wm.reward(feat)[0].cpu().numpy(), e["reward"],
+                                                e["reward_step"]))
+        context = _context_length(e)
+        if not 0 < context <= t:
+            raise ValueError(f"decision step {t} is not after the context ({context} frames)")
+        recon, imag_feat, imag = rollout(wm, [e], context, 0, chunk, device)
+        pred = np.zeros(T, np.float32)  # predicted reward of every frame: posterior, then prior
+        pred[context:] = wm.reward(imag_feat)[0].cpu().numpy()
+        imagination.append(metrics.reward_correct(pred, e["reward"], e["reward_step"]))
+        gen_mse.append(metrics.mse(imag[0], e["image"][context:]).mean())
+        if video is None:
+            video = np.concatenate([recon[0], imag[0]], 0)
+    summary = {"reward_acc_inference": metrics.accuracy(inference),
+               "reward_acc_imagination": metrics.accuracy(imagination),
+               "gen_mse": float(np.mean(gen_mse))}
+    return summary, {}, video
+
+
+def evaluate(wm, episodes: list[dict], env: str, *, query_observe: int, batch: int, chunk: int,
+             device, teleport: bool = False) -> tuple[dict, dict, np.ndarray]:
+    """Dispatch on the dataset's env (memory.env). Returns (summary, curves, video prediction)."""
+    was_training = wm.training
+    wm.eval()
+    try:
+        if env == "distracting_memory":
+            return evaluate_rewards(wm, episodes, chunk=chunk, device=device)
+        return evaluate_frames(wm, episodes, query_observe=query_observe, batch=batch, chunk=chunk,
+                               device=device, revisit=teleport)
+    finally:
+        wm.train(was_training)

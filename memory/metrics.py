@@ -1,0 +1,115 @@
+"""Scores of the memory benchmarks (paper Sec. 3), as small pure functions on numpy arrays.
+
+Images are compared on [0, 1] (uint8 / 255), RGB, per frame:
+
+    mse        mean over pixels and channels of (pred - truth)^2          per pixel, in [0, 1]
+    mse_sum    sum over pixels and channels of (pred - truth)^2           "per frame", paper-style:
+                                                                          mse_sum = mse * H * W * C
+    psnr       10 log10(1 / mse)   (dB; capped at 100 dB when mse == 0)
+    ssim       SSIM of Wang et al. (2004) with an 11x11 Gaussian window (sigma 1.5), constants
+               C1 = (0.01)^2, C2 = (0.03)^2 for data range 1, computed per channel over the 'valid'
+               window positions and averaged over positions and channels
+
+The paper does not state its MSE normalisation; our tables report `mse` (per pixel) and the
+docs give mse_sum for comparison (a 64x64x3 frame: mse_sum = 12288 * mse).
+
+Reward prediction (Distracting Memory): the predicted reward at the recorded decision step (the step
+onto an end square, dataset key `reward_step`) is classified as rewarded when it exceeds 0.5 and
+compared with the recorded reward there; accuracy = fraction of episodes classified right.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_unit(images) -> np.ndarray:
+    """uint8 images -> float64 on [0, 1]; float images are taken as already on [0, 1]."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float64) / 255.0
+    return images.astype(np.float64)
+
+
+def mse(pred, truth) -> np.ndarray:
+    """(..., H, W, C) -> (...): mean squared error per pixel and channel on [0, 1]."""
+    diff = to_unit(pred) - to_unit(truth)
+    return np.mean(diff * diff, axis=(-3, -2, -1))
+
+
+def mse_sum(pred, truth) -> np.ndarray:
+    """(..., H, W, C) -> (...): squared error summed over the frame on [0, 1] (paper-style)."""
+    diff = to_unit(pred) - to_unit(truth)
+    return np.sum(diff * diff, axis=(-3, -2, -1))
+
+
+def psnr(pred, truth, cap: float = 100.0) -> np.ndarray:
+    """(..., H, W, C) -> (...): peak signal-to-noise ratio in dB for data range 1."""
+    err = mse(pred, truth)
+    with np.errstate(divide="ignore"):
+        value = 10.0 * np.log10(1.0 / err)
+    return np.minimum(value, cap)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return torch.outer(g, g)  # (size, size), sums to 1
+
+
+def ssim(pred, truth, size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """(..., H, W, C) -> (...): mean structural similarity on [0, 1] (see module docstring)."""
+    a, b = torch.from_numpy(to_unit(pred)), torch.from_numpy(to_unit(truth))
+    lead, (H, W, C) = a.shape[:-3], a.shape[-3:]
+    a = a.reshape(-1, H, W, C).permute(0, 3, 1, 2).reshape(-1, 1, H, W)  # (N*C, 1, H, W)
+    b = b.reshape(-1, H, W, C).permute(0, 3, 1, 2).reshape(-1, 1, H, W)
+    win = _gaussian_window(size, sigma)[None, None]  # (1, 1, k, k)
+    blur = lambda x: F.conv2d(x, win)  # noqa: E731  'valid' positions only
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    per_channel = s.mean((-3, -2, -1)).reshape(-1, C)  # (N, C)
+    return per_channel.mean(-1).reshape(lead).numpy()
+
+
+def image_scores(pred, truth) -> dict[str, np.ndarray]:
+    """All image scores of frames (..., H, W, C): {'mse', 'mse_sum', 'psnr', 'ssim'} each (...)."""
+    return {"mse": mse(pred, truth), "mse_sum": mse_sum(pred, truth), "psnr": psnr(pred, truth),
+            "ssim": ssim(pred, truth)}
+
+
+def decision_step(reward_step) -> int:
+    """The index of the scored step of an episode: the first True of `reward_step` (T,)."""
+    idx = np.flatnonzero(np.asarray(reward_step))
+    if len(idx) == 0:
+        raise ValueError("episode has no recorded decision step (reward_step is all False)")
+    return int(idx[0])
+
+
+def reward_correct(pred_reward, reward, reward_step, threshold: float = 0.5) -> bool:
+    """Is the predicted reward (T,) right at the recorded decision step? (binary reward)"""
+    t = decision_step(reward_step)
+    return bool((float(pred_reward[t]) > threshold) == (float(reward[t]) > threshold))
+
+
+def accuracy(correct) -> float:
+    """Fraction of True in a list of per-episode outcomes."""
+    correct = np.asarray(correct, dtype=bool)
+    return float(correct.mean()) if correct.size else float("nan")
+
+
+def revisit_mask(pose, phase, radius: float = 0.5, angle: float = 0.35) -> np.ndarray:
+    """(T,) bool: query frames (phase 1) whose pose (x, z, heading) is within `radius` units and
+    `angle` radians of some context pose (phase 0): views the context already showed."""
+    pose, phase = np.asarray(pose, np.float64), np.asarray(phase)
+    ctx, qry = pose[phase == 0], pose[phase == 1]  # (Tc, 3), (Tq, 3)
+    near = np.linalg.norm(qry[:, None, :2] - ctx[None, :, :2], axis=-1) <= radius  # (Tq, Tc)
+    turn = np.abs((qry[:, None, 2] - ctx[None, :, 2] + np.pi) % (2 * np.pi) - np.pi) <= angle
+    mask = np.zeros(len(pose), bool)
+    mask[np.flatnonzero(phase == 1)] = (near & turn).any(1)
+    return mask

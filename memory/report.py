@@ -1,0 +1,163 @@
+"""The memory-benchmark comparison: train several backbones (and seeds) offline on one dataset and
+write one report folder with a markdown table, plots and side-by-side imagination videos.
+
+    python -m memory.report --configs distracting_memory memory_cpu --backbones s4wm,rssm,tssm \\
+        --seeds 0 --out reports/memory/distracting_memory [--key value ...]
+
+Each cell is an ordinary `main.py` offline run in <out>/<backbone>_seed<seed> (extra --key value
+arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones).
+The dataset is made once (memory.out, default datasets/<name>) and shared by every cell.
+Writes <out>/report.md (table: mean (+- std over seeds) of every eval/metrics.json summary value),
+<out>/report.json, <out>/<metric>.png (metric vs imagination step, one line per backbone; rooms and
+multi doors keys) and <out>/imagination.mp4 + imagination.png (episode 0 of the test set; columns:
+truth, then each backbone's prediction and |error|; seed of the first listed seed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CURVES = {"mse": "MSE per pixel (lower is better)", "psnr": "PSNR, dB (higher is better)",
+          "ssim": "SSIM (higher is better)"}
+LOWER_IS_BETTER = ("mse", "mse_sum", "recon_mse", "gen_mse", "gen_mse_sum", "gen_mse_revisit")
+
+
+def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str]) -> float:
+    cmd = [sys.executable, "main.py", "--configs", *configs, backbone, "--seed", seed,
+           "--logdir", str(logdir), "--run.progress", "false", *extra]
+    print("running:", " ".join(cmd), flush=True)
+    start = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.time() - start
+
+
+def cell_results(logdir: pathlib.Path) -> tuple[dict, dict]:
+    result = json.loads((logdir / "eval" / "metrics.json").read_text())
+    prediction = dict(np.load(logdir / "eval" / "prediction.npz"))
+    return result, prediction
+
+
+def table(results: dict[str, list[dict]]) -> list[str]:
+    """Rows backbone, columns the summary keys: mean (+- std over seeds)."""
+    keys = sorted({k for rs in results.values() for r in rs for k in r["summary"]})
+    lines = ["| backbone | seeds | updates | " + " | ".join(keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for name, rs in results.items():
+        cells = []
+        for k in keys:
+            vals = np.array([r["summary"].get(k, np.nan) for r in rs], float)
+            text = _fmt(np.nanmean(vals), k)
+            if len(vals) > 1:
+                text += " ± " + _fmt(np.nanstd(vals), k)
+            cells.append(text)
+        lines.append(f"| {name} | {len(rs)} | {rs[0]['updates']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt(value: float, key: str) -> str:
+    if key.startswith("reward_acc"):
+        return f"{100 * value:.1f}%"
+    if "mse_sum" in key or "psnr" in key:
+        return f"{value:.2f}"
+    return f"{value:.4f}"
+
+
+def plot_curves(results: dict[str, list[dict]], title: str, out: pathlib.Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    for metric, label in CURVES.items():
+        series = {n: np.mean([r["curves"][metric] for r in rs], 0) for n, rs in results.items()
+                  if rs and metric in rs[0]["curves"]}
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+        for name, values in series.items():
+            ax.plot(np.arange(1, len(values) + 1), values, label=name, lw=1.2)
+        ax.set_xlabel("imagination step"), ax.set_ylabel(label), ax.set_title(title)
+        ax.grid(alpha=0.3), ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"{metric}.png")
+        plt.close(fig)
+        written.append(f"{metric}.png")
+    return written
+
+
+def side_by_side(truth: np.ndarray, predictions: dict[str, np.ndarray]) -> np.ndarray:
+    """truth (T, H, W, C), predictions name -> (T, H, W, C) -> frames (T, 2H, (1+n)W, C): top row
+    truth then each prediction, bottom row blank then each |error|."""
+    T = min([len(truth)] + [len(p) for p in predictions.values()])
+    truth = truth[:T]
+    preds = [p[:T] for p in predictions.values()]
+    errors = [np.abs(p.astype(np.int16) - truth.astype(np.int16)).astype(np.uint8) for p in preds]
+    top = np.concatenate([truth] + preds, 2)
+    bottom = np.concatenate([np.zeros_like(truth)] + errors, 2)
+    return np.concatenate([top, bottom], 1)
+
+
+def still(frames: np.ndarray, count: int = 8) -> np.ndarray:
+    """A few frames of a video, evenly spaced, stacked vertically (for a PNG)."""
+    idx = np.linspace(0, len(frames) - 1, count).round().astype(int)
+    return np.concatenate([frames[i] for i in idx], 0)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--configs", nargs="+", required=True, help="configs.yaml blocks (a memory block first)")
+    p.add_argument("--backbones", default="s4wm,rssm,tssm")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--out", required=True)
+    p.add_argument("--fps", type=int, default=16)
+    args, extra = p.parse_known_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results, predictions, walls, truth = {}, {}, {}, None
+    for backbone in args.backbones.split(","):
+        results[backbone] = []
+        for i, seed in enumerate(args.seeds.split(",")):
+            logdir = out / f"{backbone}_seed{seed}"
+            walls[f"{backbone}_seed{seed}"] = run_cell(args.configs, backbone, seed, logdir, extra)
+            result, pred = cell_results(logdir)
+            results[backbone].append(result)
+            if i == 0:
+                predictions[backbone], truth = pred["prediction"], pred["truth"]
+    name = results[next(iter(results))][0]["dataset"]
+    plots = plot_curves(results, name, out)
+    from common.logger import write_mp4
+    from PIL import Image
+    frames = side_by_side(truth, predictions)
+    write_mp4(out / "imagination.mp4", frames, args.fps)
+    Image.fromarray(still(frames)).save(out / "imagination.png")
+    import torch
+    from bench.backbones import machine
+    info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
+    lines = [f"# Memory benchmark: {name}", "",
+             f"configs: `{' '.join(args.configs)}` {' '.join(extra)}; seeds {args.seeds}; "
+             f"machine: {where}; commit {info['commit']}; date {time.strftime('%Y-%m-%d')}", "",
+             *table(results), "",
+             "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; accuracies at the "
+             "recorded decision step (memory/metrics.py).", "",
+             "| cell | wall time (this call) |", "|---|---|"]
+    lines += [f"| {k} | {v / 60:.1f} min |" for k, v in walls.items()]
+    lines += ["", *[f"![{p}]({p})" for p in plots],
+              "", "Imagination of test episode 0 (columns: truth, then "
+              + ", ".join(predictions) + "; bottom row |error|): imagination.mp4",
+              "", "![imagination](imagination.png)"]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.json").write_text(json.dumps(
+        {"dataset": name, "configs": args.configs, "extra": extra, "walls": walls,
+         "results": results}, indent=1))
+    print("\n".join(lines[:len(results) + 6]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""Offline world-model training on a memory-benchmark dataset (paper Sec. 3), run by main.py when
+`mode: offline` (every memory block sets it):
+
+    python main.py --configs four_rooms s4wm          # dataset made if missing, trained, evaluated
+
+1. The dataset (memory.collect, settings from the `memory` section) is generated if incomplete, then
+   read into memory; the last `offline.test_episodes` episodes (by index) are held out for evaluation.
+2. An update trains on `train.batch_size` rows of `offline.window` steps (0: the longest episode).
+   A row is an episode from its first frame, continued by further random episodes when shorter than
+   the window (is_first marks each start), so the context and its query are always in one row.
+   The row is cut into chunks of `train.seq_len` steps: loss, backward and AdamW step per chunk, the
+   world-model state carried (detached) into the next chunk (TBTT; S4WM/S5WM can take the whole
+   window in one parallel pass with seq_len >= window).
+3. Every `offline.eval_every` updates and at the end: memory.evaluate on the test episodes ->
+   <logdir>/eval/metrics.json (latest), eval/metrics_<updates>.json, eval/prediction.npz (episode 0:
+   truth and prediction) and a video truth / model / error; scalars go to TensorBoard and
+   metrics.jsonl with step = updates.
+4. Checkpoints (model, optimiser, updates, RNG) every `offline.checkpoint_every` updates and at exit
+   (Ctrl-C included); rerunning the same command resumes. Rows are drawn from (seed, update index),
+   so a resumed run sees the same rows as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from agent.agent import to_torch
+from common import checkpoint
+from common.cli import fail
+from common.config import ConfigError
+from common.logger import Logger, openloop_grid
+from common.tree import detach
+from memory import evaluate as evaluation
+from memory.collect import Spec, collect
+from replay.storage import read_chunk
+from world_models import build_world_model
+
+MODEL_KEYS = evaluation.MODEL_KEYS
+
+
+def dataset_folder(config) -> str:
+    return config.memory.out or os.path.join("datasets", Spec.from_config(config).name)
+
+
+def load_episodes(folder: str) -> list[dict]:
+    """Every readable episode-*.npz of the folder, in index order (unreadable files: one warning)."""
+    files = sorted(glob.glob(os.path.join(folder, "episode-*.npz")))
+    episodes = [e for e in (read_chunk(f) for f in files) if e is not None]
+    if not episodes:
+        raise ConfigError(f"dataset {folder} holds no readable episodes")
+    return episodes
+
+
+def split(episodes: list[dict], test: int) -> tuple[list[dict], list[dict]]:
+    if not 0 < test < len(episodes):
+        raise ConfigError(f"offline.test_episodes must be in [1, {len(episodes) - 1}] for a dataset "
+                          f"of {len(episodes)} episodes, got {test}")
+    return episodes[:-test], episodes[-test:]
+
+
+def draw_rows(episodes: list[dict], rng: np.random.Generator, batch: int, window: int) -> dict:
+    """batch rows of `window` steps {key: (B, window, ...)}: each row an episode from its start,
+    continued with further random episodes until it is long enough (see module docstring)."""
+    rows = []
+    for _ in range(batch):
+        parts, n = [], 0
+        while n < window:
+            e = episodes[rng.integers(len(episodes))]
+            parts.append({k: e[k] for k in MODEL_KEYS})
+            n += len(e["is_first"])
+        rows.append({k: np.concatenate([p[k] for p in parts])[:window] for k in MODEL_KEYS})
+    return {k: np.stack([r[k] for r in rows]) for k in MODEL_KEYS}
+
+
+class Trainer:
+    """World model + AdamW; `update` is one row batch in chunks with the state carried."""
+
+    def __init__(self, config, act_dim: int, device):
+        self.wm = build_world_model(config, act_dim).to(device)
+        c = config.wm
+        self.opt = torch.optim.AdamW(self.wm.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
+        self.clip, self.chunk, self.device = c.grad_clip, config.train.seq_len, device
+
+    def update(self, rows: dict) -> tuple[dict, bool]:
+        """Train on rows (numpy (B, W, ...)). Returns (metrics averaged over chunks, all finite)."""
+        B, W = rows["is_first"].shape
+        state, sums, n = self.wm.initial_state(B), {}, 0
+        for s in range(0, W, self.chunk):
+            data = to_torch({k: v[:, s:s + self.chunk] for k, v in rows.items()}, self.device)
+            loss, metrics, _, state, _ = self.wm.loss(data, state)
+            if not torch.isfinite(loss):
+                return {}, False
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), self.clip)
+            if not torch.isfinite(norm):
+                return {}, False
+            self.opt.step()
+            state = detach(state)
+            metrics = {**metrics, "grad_norm": norm, "loss": loss.detach()}
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+        return {k: v / n for k, v in sums.items()}, True
+
+    def checkpoint(self) -> dict:
+        return {"model": self.wm.state_dict(), "opt": self.opt.state_dict()}
+
+    def restore(self, ckpt: dict) -> None:
+        self.wm.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["opt"])
+
+
+def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: Logger, updates: int) -> dict:
+    o, m = config.offline, config.memory
+    start = time.time()
+    summary, curves, video = evaluation.evaluate(
+        trainer.wm, test, m.env, query_observe=o.query_observe, batch=o.eval_batch,
+        chunk=config.train.seq_len, device=trainer.device, teleport=m.teleport and m.env == "rooms")
+    result = {"updates": updates, "backbone": config.backbone, "dataset": Spec.from_config(config).name,
+              "test_episodes": len(test), "query_observe": o.query_observe, "summary": summary,
+              "curves": curves, "seconds": time.time() - start}
+    out = logdir / "eval"
+    out.mkdir(exist_ok=True)
+    for name in (f"metrics_{updates:08d}.json", "metrics.json"):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, out / name)
+    truth = test[0]["image"][:len(video)]
+    tmp = out / "prediction.tmp.npz"
+    np.savez_compressed(tmp, truth=truth, prediction=video, updates=updates)
+    os.replace(tmp, out / "prediction.npz")
+    logger.scalars(summary, "eval/")
+    logger.video("eval/imagination", openloop_grid(truth[None], video[None]), updates)
+    return result
+
+
+def run(config, logdir, device) -> None:
+    """The offline loop (module docstring); main.py has parsed the config and made the logdir."""
+    o, B = config.offline, config.train.batch_size
+    folder = dataset_folder(config)
+    try:
+        stats = collect(config)  # writes only what is missing; checks the folder's settings
+        if stats["written"]:
+            print(f"{folder}: wrote {stats['written']} episodes in {stats['seconds']:.0f} s")
+        train, test = split(load_episodes(folder), o.test_episodes)
+    except ConfigError as e:
+        fail(str(e))
+    window = o.window or max(len(e["is_first"]) for e in train)
+    trainer = Trainer(config, train[0]["action"].shape[-1], device)
+    try:
+        ckpt = checkpoint.load(logdir / "checkpoint.pt")
+    except RuntimeError as e:
+        fail(str(e))
+    updates = 0
+    if ckpt is not None:
+        try:
+            trainer.restore(ckpt["trainer"])
+            checkpoint.set_rng_state(ckpt["rng"])
+            updates = int(ckpt["updates"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
+                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        print(f"resuming {logdir} at update {updates}")
+    print(f"offline training: {len(train)} train / {len(test)} test episodes from {folder}, rows of "
+          f"{window} steps in chunks of {config.train.seq_len}, {o.updates} updates")
+    logger, bad, last_eval = Logger(logdir), 0, _last_eval(logdir)
+
+    def save():
+        checkpoint.save(logdir / "checkpoint.pt", {"trainer": trainer.checkpoint(), "updates": updates,
+                                                   "rng": checkpoint.rng_state()})
+
+    progress = None
+    if config.run.progress:
+        from tqdm import tqdm
+        progress = tqdm(total=o.updates, initial=updates, unit="update", dynamic_ncols=True)
+    timer = (time.time(), updates)
+    try:
+        while updates < o.updates:
+            rows = draw_rows(train, np.random.default_rng([config.seed, updates]), B, window)
+            metrics, ok = trainer.update(rows)
+            updates += 1
+            if progress is not None:
+                progress.update(1)
+            bad = 0 if ok else bad + 1
+            if not ok:
+                print(f"warning: non-finite loss at update {updates}: skipped ({bad} in a row)",
+                      file=sys.stderr)
+                if bad >= config.run.nan_patience:
+                    fail(f"{bad} non-finite losses in a row at update {updates}: stopped; the "
+                         f"last good checkpoint in {logdir} is kept")
+                continue
+            logger.scalars(metrics, "train/")
+            if updates % o.log_every == 0:
+                now = time.time()
+                logger.scalar("fps/updates", (updates - timer[1]) / (now - timer[0]))
+                means = logger.write(updates)
+                timer = (now, updates)
+                if progress is not None:
+                    progress.set_postfix({"loss": f"{means.get('train/loss', float('nan')):.4g}"})
+            if updates % o.eval_every == 0:
+                run_evaluation(config, trainer, test, logdir, logger, updates)
+                last_eval = updates
+                logger.write(updates)
+            if updates % o.checkpoint_every == 0:
+                save()
+        if last_eval != updates:  # the final evaluation (also when a finished run is rerun)
+            run_evaluation(config, trainer, test, logdir, logger, updates)
+            logger.write(updates)
+    except KeyboardInterrupt:
+        print(f"interrupted at update {updates}: saving a checkpoint", file=sys.stderr)
+    finally:
+        if bad == 0:
+            save()
+        logger.write(updates)
+        logger.close()
+        if progress is not None:
+            progress.close()
+
+
+def _last_eval(logdir) -> int | None:
+    path = logdir / "eval" / "metrics.json"
+    try:
+        return int(json.loads(path.read_text())["updates"])
+    except (OSError, ValueError, KeyError):
+        return None

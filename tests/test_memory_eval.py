@@ -1,0 +1,182 @@
+"""Issue 6: offline world-model training on memory datasets, the metrics, the report."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import load_blocks, merge
+from memory import evaluate as evaluation
+from memory import metrics
+from memory.train import draw_rows
+from world_models import build_world_model
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+# ---- metrics against hand-computed values -------------------------------------------------------
+def test_mse_psnr_on_known_images():
+    truth = np.zeros((2, 8, 8, 3))
+    pred = np.full((2, 8, 8, 3), 0.1)
+    np.testing.assert_allclose(metrics.mse(pred, truth), [0.01, 0.01])
+    np.testing.assert_allclose(metrics.mse_sum(pred, truth), [0.01 * 192] * 2)
+    np.testing.assert_allclose(metrics.psnr(pred, truth), [20.0, 20.0])
+    assert metrics.psnr(truth, truth)[0] == 100.0  # identical: capped, not inf
+    # uint8 images are read on [0, 1]: a difference of 51 levels is 0.2
+    a, b = np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 51, np.uint8)
+    np.testing.assert_allclose(metrics.mse(a, b), 0.04)
+
+
+def test_ssim_on_known_images():
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 16, 3))
+    assert metrics.ssim(x, x) == pytest.approx(1.0)
+    # constant images a, b: variances and covariance vanish, SSIM = (2ab + C1) / (a^2 + b^2 + C1)
+    a, b, c1 = 0.2, 0.6, 0.01 ** 2
+    got = metrics.ssim(np.full((16, 16, 3), a), np.full((16, 16, 3), b))
+    assert got == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1))
+    # an inverted image is structurally anti-correlated: SSIM well below that of a slight blur
+    noisy = np.clip(x + 0.05 * rng.standard_normal(x.shape), 0, 1)
+    assert metrics.ssim(1 - x, x) < 0 < metrics.ssim(noisy, x) < 1
+    assert metrics.ssim(np.stack([x, noisy]), np.stack([x, x])).shape == (2,)
+
+
+def test_accuracy_and_decision_step():
+    reward_step = np.array([0, 0, 0, 1, 0], bool)
+    reward = np.array([0, 0, 0, 1, 0], np.float32)
+    assert metrics.decision_step(reward_step) == 3
+    assert metrics.reward_correct(np.array([1, 1, 1, 0.9, 1]), reward, reward_step)  # right only there
+    assert not metrics.reward_correct(np.array([1, 1, 1, 0.1, 1.0]), reward, reward_step)
+    assert metrics.accuracy([True, False, True, True]) == 0.75
+    with pytest.raises(ValueError, match="decision step"):
+        metrics.decision_step(np.zeros(4, bool))
+
+
+def test_revisit_mask():
+    pose = np.array([[0, 0, 0], [1, 0, 0], [0.1, 0, 0.1], [5, 5, 0], [1, 0, np.pi]], np.float32)
+    phase = np.array([0, 0, 1, 1, 1])
+    # frame 2: near pose 0 and similar heading; 3: far away; 4: at pose 1 but facing the other way
+    np.testing.assert_array_equal(metrics.revisit_mask(pose, phase), [0, 0, 1, 0, 0])
+
+
+def test_rows_start_at_episode_starts():
+    def episode(n, tag):
+        return {"image": np.full((n, 4, 4, 3), tag, np.uint8), "action": np.zeros((n, 2), np.float32),
+                "reward": np.zeros(n, np.float32), "is_first": np.arange(n) == 0,
+                "is_last": np.arange(n) == n - 1, "is_terminal": np.zeros(n, bool)}
+    episodes = [episode(5, 1), episode(3, 2)]
+    rows = draw_rows(episodes, np.random.default_rng(0), 6, 7)
+    assert rows["image"].shape == (6, 7, 4, 4, 3)
+    assert rows["is_first"][:, 0].all()
+    for b in range(6):  # every new tag starts with is_first: rows are whole episodes end to end
+        tags = rows["image"][b, :, 0, 0, 0]
+        starts = np.flatnonzero(rows["is_first"][b])
+        lengths = np.diff(np.append(starts, 7))
+        for s, n in zip(starts, lengths):
+            assert len(set(tags[s:s + n])) == 1 and n <= (5 if tags[s] == 1 else 3)
+
+
+# ---- reward scoring uses the recorded decision step -------------------------------------------
+def _dm_episode(T=12, context=5, decision=9, rewarded=True, seed=0):
+    rng = np.random.default_rng(seed)
+    reward = np.zeros(T, np.float32)
+    reward[decision] = float(rewarded)
+    return {"image": rng.integers(0, 255, (T, 16, 16, 3), dtype=np.uint8),
+            "action": np.eye(3, dtype=np.float32)[rng.integers(3, size=T)],
+            "reward": reward, "is_first": np.arange(T) == 0, "is_last": np.arange(T) == T - 1,
+            "is_terminal": np.arange(T) == T - 1, "phase": (np.arange(T) >= context).astype(np.uint8),
+            "reward_step": np.arange(T) == decision}
+
+
+@pytest.mark.parametrize("planted_right", [True, False])
+def test_reward_scoring_reads_the_recorded_decision_step(planted_right):
+    """A planted reward prediction that is right ONLY at the decision step scores 100%; one that is
+    right everywhere EXCEPT there scores 0%, in inference and in imagination."""
+    config = merge(load_blocks(), ["debug", "rssm"], {"env.image_size": 16})
+    wm = build_world_model(config, 3)
+    episodes = [_dm_episode(decision=d, rewarded=r, seed=i)
+                for i, (d, r) in enumerate([(9, True), (7, False), (11, True)])]
+    current = {}
+
+    def planted(feat):  # feat (1, n, F) of frames [T - n, T): the truth flipped off the decision step
+        e = current["episode"]
+        n, T = feat.shape[1], len(e["reward"])
+        truth = e["reward"][T - n:]
+        off = ~e["reward_step"][T - n:]
+        pred = np.where(off, 1 - truth, truth) if planted_right else np.where(off, truth, 1 - truth)
+        return torch.as_tensor(pred, dtype=torch.float32)[None]
+
+    wm.reward = planted
+    outcomes = []
+    for e in episodes:
+        current["episode"] = e
+        summary, _, _ = evaluation.evaluate_rewards(wm, [e], chunk=4, device="cpu")
+        outcomes.append(summary)
+    expect = 1.0 if planted_right else 0.0
+    assert all(s["reward_acc_inference"] == expect for s in outcomes)
+    assert all(s["reward_acc_imagination"] == expect for s in outcomes)
+
+
+# ---- end to end: main.py --configs <memory block> <backbone> --------------------------------------
+def run_main(tmp_path, args, name="run"):
+    cmd = [sys.executable, "main.py", *args, "--logdir", str(tmp_path / name)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+MDK = ["--memory.context", "12", "--memory.query", "12", "--memory.episodes", "5",
+       "--offline.test_episodes", "2", "--offline.eval_every", "2", "--offline.checkpoint_every", "2"]
+
+
+@pytest.mark.parametrize("backbone", ["s4wm", "s5wm", "rssm", "tssm"])
+def test_offline_multi_doors_keys_end_to_end(tmp_path, backbone):
+    args = ["--configs", "multi_doors_keys", "debug", backbone, "--memory.out",
+            str(tmp_path / "data"), "--offline.updates", "2", *MDK]
+    res = run_main(tmp_path, args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = tmp_path / "run"
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    assert result["updates"] == 2 and result["backbone"] == backbone
+    s = result["summary"]
+    assert {"recon_mse", "gen_mse", "gen_mse_sum", "gen_psnr", "gen_ssim"} <= set(s)
+    assert 0 <= s["gen_mse"] <= 1 and s["gen_mse_sum"] == pytest.approx(s["gen_mse"] * 64 * 64 * 3)
+    assert len(result["curves"]["mse"]) == 12  # one value per imagined query frame
+    videos = list((run / "videos").glob("eval_imagination_*.mp4"))
+    assert videos
+    import imageio.v2 as imageio
+    frames = imageio.mimread(videos[0], memtest=False)
+    assert len(frames) == 24 and frames[0].shape[:2] == (3 * 64, 64)  # truth / model / error
+    assert (run / "checkpoint.pt").exists() and (run / "metrics.jsonl").exists()
+
+
+def test_offline_resume_and_teleport_recall(tmp_path):
+    args = ["--configs", "two_rooms_teleport", "debug", "s4wm", "--memory.out", str(tmp_path / "data"),
+            "--memory.context", "16", "--memory.query", "16", "--memory.episodes", "4",
+            "--offline.test_episodes", "1", "--offline.eval_every", "2", "--offline.checkpoint_every", "2"]
+    res = run_main(tmp_path, [*args, "--offline.updates", "2"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    first = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
+    assert "gen_mse_revisit" in first["summary"] and first["query_observe"] == 1
+    assert len(first["curves"]["mse"]) == 15  # the landing frame is observed, 15 imagined
+    res = run_main(tmp_path, [*args, "--offline.updates", "4"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming" in res.stdout and "at update 2" in res.stdout
+    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["updates"] == 4
+    assert (tmp_path / "run" / "eval" / "metrics_00000002.json").exists()
+
+
+def test_report_writes_table_plots_and_video(tmp_path):
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "memory.report", "--configs", "multi_doors_keys", "debug",
+           "--backbones", "rssm,s4wm", "--out", str(out), "--memory.out", str(tmp_path / "data"),
+           "--offline.updates", "1", *MDK]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    assert "| rssm |" in text and "| s4wm |" in text
+    for name in ("mse.png", "psnr.png", "ssim.png", "imagination.mp4", "imagination.png"):
+        assert (out / name).stat().st_size > 0
+    import imageio.v2 as imageio
+    frame = imageio.mimread(out / "imagination.mp4", memtest=False)[0]
+    assert frame.shape[:2] == (2 * 64, 3 * 64)  # truth + 2 backbones; predictions over errors
