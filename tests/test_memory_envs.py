@@ -115,10 +115,17 @@ def _cue_tile(inner, image):
     return image[gridmemory.STRIP + dy * 12:gridmemory.STRIP + dy * 12 + 12, 2 + dx * 12:2 + dx * 12 + 12]
 
 
-def test_distracting_memory_reward_and_cue():
+@pytest.fixture
+def hallway6():
+    """A Distracting Memory env with a 6-cell hallway: (spec, wrapped env, inner env)."""
     spec = Spec("distracting_memory", 0, False, 6, 0, 0, 0, 0.0, 64)
     env = spec.build()
-    inner = env.unwrapped
+    yield spec, env, env.unwrapped
+    env.close()
+
+
+def test_distracting_memory_reward_and_cue(hallway6):
+    spec, env, inner = hallway6
     rewards = []
     for index in range(100):
         seed = env_seed(0, index)
@@ -230,10 +237,8 @@ def test_cli(tmp_path):
     assert bad.returncode == 2 and "memory.env" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_distracting_memory_distractors_vary_and_the_cue_leaves_view():
-    spec = Spec("distracting_memory", 0, False, 6, 0, 0, 0, 0.0, 64)
-    env = spec.build()
-    inner = env.unwrapped
+def test_distracting_memory_distractors_vary_and_the_cue_leaves_view(hallway6):
+    spec, env, inner = hallway6
     hallways = []
     for index in range(3):
         seed = env_seed(1, index)
@@ -245,4 +250,3 @@ def test_distracting_memory_distractors_vary_and_the_cue_leaves_view():
         in_hallway = arrays["cell"][:, 0] >= 5
         assert in_hallway.any() and (np.abs(arrays["cell"][in_hallway, 0] - 2) > 2).all()
     assert len(set(hallways)) == 3  # distractors are drawn anew each episode
-    env.close()
