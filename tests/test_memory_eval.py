@@ -43,6 +43,23 @@ def test_ssim_on_known_images():
     assert metrics.ssim(np.stack([x, noisy]), np.stack([x, x])).shape == (2,)
 
 
+def test_ssim_fast_path_equals_the_2d_float64_definition():
+    """metrics.ssim (two 1-D passes) == the textbook 2-D Gaussian window."""
+    import torch.nn.functional as F
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    y = np.clip(x.astype(int) + rng.integers(-60, 60, x.shape), 0, 255).astype(np.uint8)
+    a, b = (torch.from_numpy(v / 255.0).permute(0, 3, 1, 2).reshape(-1, 1, 32, 32) for v in (x, y))
+    g = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5 ** 2))
+    w = torch.outer(g, g)[None, None] / g.sum() ** 2
+    mu_a, mu_b = F.conv2d(a, w), F.conv2d(b, w)
+    var_a, var_b = F.conv2d(a * a, w) - mu_a ** 2, F.conv2d(b * b, w) - mu_b ** 2
+    cov = F.conv2d(a * b, w) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + 1e-4) * (2 * cov + 9e-4)) / ((mu_a ** 2 + mu_b ** 2 + 1e-4) * (var_a + var_b + 9e-4))
+    expected = s.mean((-3, -2, -1)).reshape(5, 3).mean(-1).numpy()
+    np.testing.assert_allclose(metrics.ssim(x, y), expected, rtol=1e-10)
+
+
 def test_accuracy_and_decision_step():
     reward_step = np.array([0, 0, 0, 1, 0], bool)
     reward = np.array([0, 0, 0, 1, 0], np.float32)
