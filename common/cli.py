@@ -35,9 +35,10 @@ def parse(argv: list[str], prog: str = "main.py",
         fail(str(e))
 
 
-def prepare_logdir(config) -> pathlib.Path:
+def prepare_logdir(config, write: bool = True) -> pathlib.Path:
     """The run folder (derived from task, backbone and seed unless given) with config.yaml in it.
-    An existing folder is a run to resume: its saved config must match this one."""
+    An existing folder is a run to resume: its saved config must match this one. write=False
+    (data-parallel ranks other than 0) only checks."""
     logdir = pathlib.Path(config.logdir or f"runs/{config.task}_{config.backbone}_seed{config.seed}")
     saved = logdir / "config.yaml"
     if saved.exists():
@@ -46,6 +47,8 @@ def prepare_logdir(config) -> pathlib.Path:
         except ConfigError as e:
             fail(str(e))
     logdir.mkdir(parents=True, exist_ok=True)
+    if not write:
+        return logdir
     tmp = saved.with_name("config.yaml.tmp")
     tmp.write_text(config.dump())
     tmp.replace(saved)
