@@ -64,7 +64,8 @@ def batch_size(config) -> int:
     """Sequences per update of this rank: train.batch_size, or train.global_batch split evenly."""
     ranks, total = dist.world_size(), config.train.global_batch
     if total and total % ranks:
-        fail(f"train.global_batch ({total}) must be a multiple of the number of processes ({ranks})")
+        fail(f"train.global_batch ({total}) must be a multiple of the number of processes "
+             f"({ranks})")
     return total // ranks if total else config.train.batch_size
 
 

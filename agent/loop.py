@@ -34,7 +34,7 @@ def replay_dir(logdir, rank: int = 0):
 class Collector:
     """Training env workers, the replay they fill, and episode statistics.
 
-    seed: this process's seed (config.seed, or common.dist.rank_seed for rank r > 0 of a data-parallel
+    seed: this process's seed (config.seed; common.dist.rank_seed for rank r > 0 of a data-parallel
     run); batch_size: sequences per update of this process; rank picks the replay folder."""
 
     def __init__(self, config, logdir, start_step: int = 0, *, seed: int | None = None,

@@ -132,7 +132,8 @@ def test_seeds_differ_per_rank_and_env_worker():
 
 
 def test_single_process_is_untouched():
-    assert not tdist.is_initialized() and (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
+    assert not tdist.is_initialized()
+    assert (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
     assert dist.init(torch.device("cpu")) == torch.device("cpu") and not tdist.is_initialized()
     assert dist.shard([1, 2, 3]) == [1, 2, 3] and dist.all_true(torch.tensor(True))
     x = torch.ones(3)
@@ -191,3 +192,9 @@ def test_two_rank_run_writes_one_set_of_outputs_and_resumes(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 220
     assert torch.load(logdir / "checkpoint.pt", weights_only=True)["updates"] > saved["updates"]
     assert [len(Replay(str(d), 10_000, readonly=True)) for d in shards_dirs] == [112, 112]
+
+
+def test_scale_benchmark_runs_in_one_process(capsys):
+    from bench import scale
+    scale.main(["updates", "--updates", "1", "--configs", "debug", "rssm", "--threads", "1"])
+    assert "1 process(es), per-rank batch 4x16:" in capsys.readouterr().out
