@@ -1,10 +1,15 @@
 """Dreamer-style agent with a swappable world-model backbone (S4WM, S5WM, RSSM-TBTT, TSSM-XL).
 
     python main.py --configs miniworld s4wm [--key value ...]
+    torchrun --nproc_per_node N main.py --configs ...      # data parallel over N processes
 
 The loop, per iteration: act in the environments -> store the step in replay -> update the world
 model and the actor-critic (train_ratio replayed steps per env step) -> evaluate -> log -> checkpoint.
 Rerunning the same command resumes the run in the same logdir.
+
+Data parallel (common/dist.py): every rank runs this loop on its own env workers (own seed) and its
+own replay shard; updates average gradients over ranks. `step` counts env steps of all ranks.
+Only rank 0 evaluates and writes logs, videos and checkpoints; every rank resumes from it.
 """
 from __future__ import annotations
 
@@ -17,11 +22,11 @@ import torch
 
 from agent.agent import build_agent
 from agent.loop import Collector, evaluate, openloop_video
-from common import checkpoint
+from common import checkpoint, dist
 from common.cli import fail, parse, prepare_logdir
 from common.logger import Logger
 from common.schedule import Every, Ratio
-from envs import parse_task
+from envs import env_seed, parse_task
 
 
 def pick_device(name: str) -> torch.device:
@@ -56,43 +61,75 @@ def main(argv=None) -> None:
         parse_task(config.task)  # an unknown task fails here in one line, not inside a worker
     except ValueError as e:
         fail(str(e))
-    logdir = prepare_logdir(config, offline_name(config) if config.mode == "offline" else None)
-    checkpoint.seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = pick_device(config.device)
-    if config.mode == "offline":  # a memory benchmark: the world model alone, on its dataset
-        from memory.train import run
-        return run(config, logdir, device)
+    device = dist.init(pick_device(config.device))  # joins the process group under torchrun
+    try:
+        if config.mode == "offline":  # a memory benchmark: the world model alone, on its dataset
+            from memory.train import run as run_offline
+            run_offline(config, offline_name(config), device)
+        else:
+            run(config, device)
+    finally:
+        dist.close()
 
-    B, T = config.train.batch_size, config.train.seq_len
-    if config.train.prefill < config.env.envs * T:
-        fail(f"train.prefill ({config.train.prefill}) must be >= env.envs x train.seq_len "
-             f"({config.env.envs * T}) so that every worker's stream holds a whole sequence")
+
+def batch_size(config) -> int:
+    """Sequences per update of this rank: train.batch_size, or train.global_batch split evenly."""
+    ranks, total = dist.world_size(), config.train.global_batch
+    if total and total % ranks:
+        fail(f"train.global_batch ({total}) must be a multiple of the number of processes "
+             f"({ranks})")
+    return total // ranks if total else config.train.batch_size
+
+
+def run(config, device) -> None:
+    logdir = prepare_logdir(config, write=dist.is_main())
+    checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
+    ranks, main_rank = dist.world_size(), dist.is_main()
+    B, T = batch_size(config), config.train.seq_len
+    if config.train.prefill < ranks * config.env.envs * T:
+        fail(f"train.prefill ({config.train.prefill}) must be >= processes x env.envs x "
+             f"train.seq_len ({ranks * config.env.envs * T}) so that every worker's stream holds "
+             f"a whole sequence")
+    if ranks > 1 and main_rank:
+        print(f"data parallel: {ranks} processes x batch {B} = global batch {ranks * B}")
     try:
         ckpt = checkpoint.load(logdir / "checkpoint.pt")
     except RuntimeError as e:
         fail(str(e))
     step = int(ckpt["step"]) if ckpt is not None else 0
-    collector = Collector(config, logdir, step)  # env workers + replay (loads what is on disk)
+    # Rank r > 0 has its own seed; its RNG states are not in the checkpoint (only rank 0's are),
+    # so a resumed rank r > 0 re-derives them from the step it resumes at.
+    seed = dist.rank_seed(config.seed)
+    if ckpt is not None and not main_rank:
+        seed = env_seed(seed, step)
+    # env workers + replay (loads what is on disk: <logdir>/replay, rank r > 0 replay/rank<r>)
+    collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=dist.rank())
     agent = build_agent(config, collector.act_dim, collector.discrete, device)
-    logger = Logger(logdir)
+    logger = Logger(logdir, enabled=main_rank)
     updates, ratio_done, pretrain = 0, 0, config.train.pretrain
     if ckpt is not None:
         try:
             agent.restore(ckpt["agent"])
-            checkpoint.set_rng_state(ckpt["rng"])
-            collector.sampler_state(ckpt["sampler"])
+            if main_rank:
+                checkpoint.set_rng_state(ckpt["rng"])
+                collector.sampler_state(ckpt["sampler"])
             updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
         except (KeyError, RuntimeError, ValueError) as e:
             fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         pretrain = 0
-        print(f"resuming {logdir} at step {step} ({updates} updates, {len(collector.replay)} "
-              f"steps in replay)")
+        print(f"{f'rank {dist.rank()}: ' if ranks > 1 else ''}resuming {logdir} at step {step} "
+              f"({updates} updates, {len(collector.replay)} steps in replay)")
+    if not main_rank:
+        checkpoint.seed_everything(seed)  # this rank's own sampling noise from here on
+    dist.broadcast_module(agent)  # rank 0's weights everywhere (and a barrier before any save)
 
     def save():
-        collector.replay.flush()
+        collector.replay.flush()  # every rank flushes its own shard
+        if not main_rank:
+            return
         checkpoint.save(logdir / "checkpoint.pt", {
             "agent": agent.checkpoint(), "step": step, "updates": updates,
             "ratio_done": ratio.done,
@@ -101,20 +138,22 @@ def main(argv=None) -> None:
     should_log, should_eval = Every(config.run.log_every, step), Every(config.run.eval_every, step)
     should_video = Every(config.run.video_every, step)
     should_save = Every(config.run.checkpoint_every, step)
-    ratio = Ratio(config.train.train_ratio, B * T, ratio_done)
-    prefill, bad_updates, healthy = config.train.prefill, 0, True
+    ratio = Ratio(config.train.train_ratio, ranks * B * T, ratio_done)  # replayed by all ranks
+    prefill, bad_updates, healthy, ready = config.train.prefill, 0, True, False
     carried, timer = None, {"t": time.time(), "step": step, "updates": updates}
-    progress = collector.progress(step) if config.run.progress else None
+    progress = collector.progress(step) if config.run.progress and main_rank else None
     try:
         while step < config.steps:
-            # 1. collect: one step in every env worker (random policy until prefill is done)
+            # 1. collect: one step in every env worker of every rank (random policy until prefill)
             random_policy = step < prefill
-            step += collector.step(agent, random_policy, logger)
+            step += collector.step(agent, random_policy, logger) * ranks
             if progress is not None:
-                progress.update(collector.num_envs)
+                progress.update(collector.num_envs * ranks)
 
             # 2. update world model + actor-critic, train_ratio replayed steps per env step
-            if step >= prefill and len(collector.replay) >= B * T:
+            # (every rank must hold a batch, else a rank would wait alone in the update)
+            ready = ready or (step >= prefill and dist.all_true(len(collector.replay) >= B * T))
+            if ready:
                 due, pretrain = ratio(step - prefill) + pretrain, 0
                 for _ in range(due):
                     batch, reset = collector.sample(B, T)
@@ -129,18 +168,20 @@ def main(argv=None) -> None:
                             fail(f"{bad_updates} non-finite losses in a row at step {step}: "
                                  f"stopped; the last good checkpoint in {logdir} is kept")
                         continue
+                    # each rank carries the states of its own sampler's streams
                     carried = carried if config.train.carry_state else None
                     updates += 1
                     logger.scalars(metrics, "train/")
 
             # 3. evaluate with the greedy policy; open-loop predictions of the world model
-            if step >= prefill and should_eval(step):
+            if step >= prefill and should_eval(step) and main_rank:
                 logger.scalars(evaluate(config, agent, logger, step, should_video(step)), "eval/")
                 if len(collector.replay) >= T:
                     openloop_video(config, agent, collector, logger, step)
 
             # 4. log and checkpoint
             if should_log(step):
+                logger.pool(dist.gather_lists)  # every rank's episodes and losses
                 now = time.time()
                 logger.scalar("fps/env", (step - timer["step"]) / (now - timer["t"]))
                 logger.scalar("fps/updates", (updates - timer["updates"]) / (now - timer["t"]))

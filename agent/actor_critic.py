@@ -84,8 +84,7 @@ class ActorCritic(nn.Module):
                                    self.gamma, self.lam)  # (N, H)
         ret = ret_actor.detach()
         weight = trajectory_weight(cont.detach(), self.gamma, start_cont)  # (N, H)
-        if torch.isfinite(ret).all():  # one non-finite batch must not poison the running range
-            self.retnorm.update(ret)
+        self.retnorm.update(ret)  # skips non-finite batches; percentiles over all ranks' returns
         scale = self.retnorm.scale()
 
         policy = self.policy(feat[:, :-1].detach())

@@ -3,6 +3,10 @@
 `act` only acts (no gradient, no training); `update` is one training step on a replayed batch:
 world-model loss -> world-model step, then actor-critic in imagination from the batch's posterior
 states. Only `build_agent` reads the config.
+
+Data parallel (common/dist.py): every rank calls `update` on its own batch; gradients are averaged
+over ranks after each backward and before clipping, and every skip decision (non-finite loss) is
+agreed by all ranks, so parameters stay identical and no rank waits in a skipped collective.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import numpy as np
 import torch
 
 from agent.actor_critic import ActorCritic
+from common import dist
 from common.tree import detach, where_reset
 from world_models import build_world_model
 
@@ -69,7 +74,7 @@ class Agent(torch.nn.Module):
                                 self.wm.initial_state(B), state)
         positions = torch.arange(self.start_stride - 1, T, self.start_stride, device=self.device)
         wm_loss, metrics, _, new_state, starts = self.wm.loss(data, state, positions)
-        if not torch.isfinite(wm_loss):
+        if not dist.all_true(torch.isfinite(wm_loss)):
             return {}, None, False
         metrics["wm/grad_norm"] = self._step(self.wm_opt, wm_loss, self.wm.parameters(), self.wm_clip)
         if not torch.isfinite(metrics["wm/grad_norm"]):
@@ -78,7 +83,7 @@ class Agent(torch.nn.Module):
         start = detach(starts)
         start_cont = 1.0 - data["is_terminal"][:, positions].reshape(-1).float()  # (B*K,)
         actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, start, start_cont)
-        if not (torch.isfinite(actor_loss) and torch.isfinite(critic_loss)):
+        if not dist.all_true(torch.isfinite(actor_loss) & torch.isfinite(critic_loss)):
             return {}, None, False  # the world model stepped; the actor-critic is left as it was
         metrics["ac/actor_grad_norm"] = self._step(
             self.actor_opt, actor_loss, self.ac.actor.parameters(), self.ac_clip)
@@ -95,11 +100,15 @@ class Agent(torch.nn.Module):
         return floats, detach(new_state), True
 
     def _step(self, opt, loss, params, clip):
-        """Backward, clip, step; a non-finite gradient norm skips the step (weights untouched)."""
+        """Backward, average over ranks, clip, step; a non-finite gradient norm skips the step
+        (weights untouched). The norm is computed from the averaged gradients, so it is the same
+        on every rank and so is the decision to skip."""
+        params = list(params)
         opt.zero_grad(set_to_none=True)
         self.wm_opt.zero_grad(set_to_none=True)  # actor gradients through the model are discarded
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(list(params), clip)
+        dist.average_gradients(params)
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
         if torch.isfinite(norm):
             opt.step()
         return norm.detach()

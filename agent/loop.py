@@ -25,24 +25,35 @@ def env_kwargs(config) -> dict:
             "time_limit": e.time_limit or None, "fast_render": e.fast_render}
 
 
-class Collector:
-    """Training env workers, the replay they fill, and episode statistics."""
+def replay_dir(logdir, rank: int = 0):
+    """Rank 0 (and a single process) keeps <logdir>/replay; rank r > 0 of a data-parallel run
+    writes its own shard <logdir>/replay/rank<r> (a subfolder, so rank 0 never reads it)."""
+    return logdir / "replay" if rank == 0 else logdir / "replay" / f"rank{rank}"
 
-    def __init__(self, config, logdir, start_step: int = 0):
+
+class Collector:
+    """Training env workers, the replay they fill, and episode statistics.
+
+    seed: this process's seed (config.seed; common.dist.rank_seed for rank r > 0 of a data-parallel
+    run); batch_size: sequences per update of this process; rank picks the replay folder."""
+
+    def __init__(self, config, logdir, start_step: int = 0, *, seed: int | None = None,
+                 batch_size: int | None = None, rank: int = 0):
         self.config = config
         self.num_envs = config.env.envs
+        seed = config.seed if seed is None else seed
         # Worker i is seeded from (seed, i) by make_vector_env; a resumed run continues with fresh
         # episodes (seed derived from the step) rather than replaying the opening ones.
-        seed = config.seed if start_step == 0 else env_seed(config.seed, start_step)
-        self.envs = make_vector_env(config.task, self.num_envs, seed=seed, **env_kwargs(config))
+        env_base = seed if start_step == 0 else env_seed(seed, start_step)
+        self.envs = make_vector_env(config.task, self.num_envs, seed=env_base, **env_kwargs(config))
         space = self.envs.single_action_space
         self.discrete, self.act_dim = isinstance(space, OneHot), int(space.shape[0])
         self.low, self.high = (0.0, 1.0) if self.discrete else (-1.0, 1.0)
-        self.replay = Replay(str(logdir / "replay"), config.replay.capacity,
-                             chunk_len=config.replay.chunk, seed=config.seed)
-        self.stream = StreamSampler(self.replay, config.train.batch_size, config.train.seq_len,
-                                    seed=config.seed + 1)
-        self.rng = np.random.default_rng(config.seed + 2)  # random prefill policy
+        self.replay = Replay(str(replay_dir(logdir, rank)), config.replay.capacity,
+                             chunk_len=config.replay.chunk, seed=seed)
+        self.stream = StreamSampler(self.replay, batch_size or config.train.batch_size,
+                                    config.train.seq_len, seed=seed + 1)
+        self.rng = np.random.default_rng(seed + 2)  # random prefill policy
         self.obs, _ = self.envs.reset()
         self.prev_action = np.zeros((self.num_envs, self.act_dim), np.float32)
         self.policy_state = None

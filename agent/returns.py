@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from common import dist
+
 
 def lambda_returns(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
                    gamma: float, lam: float) -> torch.Tensor:
@@ -36,7 +38,10 @@ def trajectory_weight(cont: torch.Tensor, gamma: float, start_cont: torch.Tensor
 class ReturnNorm(torch.nn.Module):
     """DreamerV3 return normalisation: an EMA of the 5th-95th percentile range of the returns; the
     actor's advantages are divided by max(limit, range), so large returns are scaled down while small
-    ones are not amplified."""
+    ones are not amplified.
+
+    Data parallel: the percentiles are taken over the returns of every rank (gathered), so the
+    range is the same on all ranks and equals that of one process on the concatenated batch."""
 
     def __init__(self, decay: float = 0.99, limit: float = 1.0):
         super().__init__()
@@ -46,7 +51,11 @@ class ReturnNorm(torch.nn.Module):
 
     @torch.no_grad()
     def update(self, returns: torch.Tensor) -> None:
-        flat = returns.detach().float().flatten()
+        """Fold in a batch of returns (any shape); a batch with a non-finite return (on any rank)
+        is ignored, so one bad batch can not poison the running range."""
+        flat = dist.all_gather_cat(returns.detach().float().flatten())  # (ranks * numel,)
+        if not torch.isfinite(flat).all():
+            return
         q = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device))
         span = q[1] - q[0]
         if not bool(self.initialised):

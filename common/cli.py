@@ -35,9 +35,10 @@ def parse(argv: list[str], prog: str = "main.py",
         fail(str(e))
 
 
-def prepare_logdir(config, name: str | None = None) -> pathlib.Path:
+def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathlib.Path:
     """The run folder (derived from `name` or the task, backbone and seed unless given) with
-    config.yaml in it. An existing folder is a run to resume: its saved config must match this one."""
+    config.yaml in it. An existing folder is a run to resume: its saved config must match this one.
+    write=False (data-parallel ranks other than 0) only checks."""
     name = name or config.task
     logdir = pathlib.Path(config.logdir or f"runs/{name}_{config.backbone}_seed{config.seed}")
     saved = logdir / "config.yaml"
@@ -47,6 +48,8 @@ def prepare_logdir(config, name: str | None = None) -> pathlib.Path:
         except ConfigError as e:
             fail(str(e))
     logdir.mkdir(parents=True, exist_ok=True)
+    if not write:
+        return logdir
     tmp = saved.with_name("config.yaml.tmp")
     tmp.write_text(config.dump())
     tmp.replace(saved)

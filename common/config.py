@@ -30,12 +30,12 @@ CHOICES = {
 # Smallest valid value of numeric keys (checked at merge time, one-line errors).
 MINIMUM = {
     "seed": 0, "steps": 0, "threads": 0, "env.envs": 1, "env.eval_envs": 1, "env.image_size": 8,
-    "replay.capacity": 1, "replay.chunk": 1, "train.batch_size": 1, "train.seq_len": 2,
-    "train.train_ratio": 0.0, "train.prefill": 0, "wm.stoch": 1, "wm.classes": 2, "wm.d_model": 1,
-    "wm.units": 1, "wm.cnn_depth": 1, "wm.reward_bins": 2, "wm.lr": 0.0, "s4.n_blocks": 1,
-    "s4.d_state": 2, "s5.n_blocks": 1, "s5.d_state": 2, "rssm.tbtt_length": 1, "tssm.n_layers": 1,
-    "tssm.n_heads": 1, "tssm.mem_len": 1, "ac.horizon": 1, "ac.start_stride": 1, "ac.units": 1,
-    "run.eval_episodes": 1, "run.openloop_context": 1, "run.nan_patience": 1,
+    "replay.capacity": 1, "replay.chunk": 1, "train.batch_size": 1, "train.global_batch": 0,
+    "train.seq_len": 2, "train.train_ratio": 0.0, "train.prefill": 0, "wm.stoch": 1, "wm.classes": 2,
+    "wm.d_model": 1, "wm.units": 1, "wm.cnn_depth": 1, "wm.reward_bins": 2, "wm.lr": 0.0,
+    "s4.n_blocks": 1, "s4.d_state": 2, "s5.n_blocks": 1, "s5.d_state": 2, "rssm.tbtt_length": 1,
+    "tssm.n_layers": 1, "tssm.n_heads": 1, "tssm.mem_len": 1, "ac.horizon": 1, "ac.start_stride": 1,
+    "ac.units": 1, "run.eval_episodes": 1, "run.openloop_context": 1, "run.nan_patience": 1,
     "offline.updates": 0, "offline.window": 0, "offline.test_episodes": 1, "offline.query_observe": 0,
     "offline.eval_every": 1, "offline.eval_batch": 1, "offline.log_every": 1,
     "offline.checkpoint_every": 1,

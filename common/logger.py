@@ -40,6 +40,11 @@ class Logger:
         for key, value in metrics.items():
             self.scalar(prefix + key, value)
 
+    def pool(self, gather) -> None:
+        """Replace what was accumulated by `gather(accumulated)`, e.g. common.dist.gather_lists:
+        then rank 0 logs the episodes and losses of every rank."""
+        self._scalars = gather(self._scalars)
+
     def write(self, step: int) -> dict:
         """Average what was accumulated since the last write, log it at `step` and return it."""
         means = {k: float(np.mean(v)) for k, v in self._scalars.items() if v}

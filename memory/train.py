@@ -16,8 +16,11 @@
    truth and prediction) and a video truth / model / error; scalars go to TensorBoard and
    metrics.jsonl with step = updates.
 4. Checkpoints (model, optimiser, updates, RNG) every `offline.checkpoint_every` updates and at exit
-   (Ctrl-C included); rerunning the same command resumes. Rows are drawn from (seed, update index),
-   so a resumed run sees the same rows as an uninterrupted one.
+   (Ctrl-C included); rerunning the same command resumes. Rows are drawn from (seed, update index,
+   rank), so a resumed run sees the same rows as an uninterrupted one.
+Data parallel under torchrun (common/dist.py): rank 0 makes the dataset, every rank draws its rows
+from its own contiguous slice of the training episodes (dist.shard), gradients are averaged before
+clipping and the step; only rank 0 evaluates and writes logs, videos and checkpoints.
 """
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ import numpy as np
 import torch
 
 from agent.agent import to_torch
-from common import checkpoint
-from common.cli import fail
+from common import checkpoint, dist
+from common.cli import fail, prepare_logdir
 from common.config import ConfigError
 from common.logger import Logger, openloop_grid
 from common.tree import detach
@@ -94,10 +97,11 @@ class Trainer:
         for s in range(0, W, self.chunk):
             data = to_torch({k: v[:, s:s + self.chunk] for k, v in rows.items()}, self.device)
             loss, metrics, _, state, _ = self.wm.loss(data, state)
-            if not torch.isfinite(loss):
+            if not dist.all_true(torch.isfinite(loss)):  # every rank skips, or none
                 return {}, False
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_gradients(self.wm.parameters())  # identical on every rank from here
             norm = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), self.clip)
             if not torch.isfinite(norm):
                 return {}, False
@@ -141,15 +145,22 @@ def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: L
     return result
 
 
-def run(config, logdir, device) -> None:
-    """The offline loop (module docstring); main.py has parsed the config and made the logdir."""
+def run(config, name: str, device) -> None:
+    """The offline loop (module docstring); `name` is the default run name."""
+    main_rank = dist.is_main()
+    logdir = prepare_logdir(config, name, write=main_rank)
+    checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     o, B = config.offline, config.train.batch_size
     folder = dataset_folder(config)
     try:
-        stats = collect(config)  # writes only what is missing; checks the folder's settings
-        if stats["written"]:
-            print(f"{folder}: wrote {stats['written']} episodes in {stats['seconds']:.0f} s")
+        if main_rank:
+            stats = collect(config)  # writes only what is missing; checks the folder's settings
+            if stats["written"]:
+                print(f"{folder}: wrote {stats['written']} episodes in {stats['seconds']:.0f} s")
+        dist.all_true(True)  # the other ranks wait for the dataset
         train, test = split(load_episodes(folder), o.test_episodes)
+        if dist.world_size() > 1:
+            train = list(dist.shard(train))  # this rank's slice
     except ConfigError as e:
         fail(str(e))
     window = o.window or max(len(e["is_first"]) for e in train)
@@ -162,28 +173,35 @@ def run(config, logdir, device) -> None:
     if ckpt is not None:
         try:
             trainer.restore(ckpt["trainer"])
-            checkpoint.set_rng_state(ckpt["rng"])
+            if main_rank:
+                checkpoint.set_rng_state(ckpt["rng"])
             updates = int(ckpt["updates"])
         except (KeyError, RuntimeError, ValueError) as e:
             fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         print(f"resuming {logdir} at update {updates}")
-    print(f"offline training: {len(train)} train / {len(test)} test episodes from {folder}, rows of "
-          f"{window} steps in chunks of {config.train.seq_len}, {o.updates} updates")
-    logger, bad, last_eval = Logger(logdir), 0, _last_eval(logdir)
+    dist.broadcast_module(trainer.wm)  # rank 0's weights everywhere
+    if not main_rank:
+        checkpoint.seed_everything(dist.rank_seed(config.seed) + updates)  # own sampling noise
+    print(f"{f'rank {dist.rank()}: ' if dist.world_size() > 1 else ''}offline training: "
+          f"{len(train)} train / {len(test)} test episodes from {folder}, rows of {window} steps in "
+          f"chunks of {config.train.seq_len}, {o.updates} updates")
+    logger, bad, last_eval = Logger(logdir, enabled=main_rank), 0, _last_eval(logdir)
 
     def save():
+        if not main_rank:
+            return
         checkpoint.save(logdir / "checkpoint.pt", {"trainer": trainer.checkpoint(), "updates": updates,
                                                    "rng": checkpoint.rng_state()})
 
     progress = None
-    if config.run.progress:
+    if config.run.progress and main_rank:
         from tqdm import tqdm
         progress = tqdm(total=o.updates, initial=updates, unit="update", dynamic_ncols=True)
     timer = (time.time(), updates)
     try:
         while updates < o.updates:
-            rows = draw_rows(train, np.random.default_rng([config.seed, updates]), B, window)
+            rows = draw_rows(train, np.random.default_rng([config.seed, updates, dist.rank()]), B, window)
             metrics, ok = trainer.update(rows)
             updates += 1
             if progress is not None:
@@ -197,20 +215,21 @@ def run(config, logdir, device) -> None:
                          f"last good checkpoint in {logdir} is kept")
                 continue
             logger.scalars(metrics, "train/")
-            if updates % o.log_every == 0:
+            evaluated = updates % o.eval_every == 0
+            if evaluated:
+                if main_rank:
+                    run_evaluation(config, trainer, test, logdir, logger, updates)
+                last_eval = updates
+            if updates % o.log_every == 0 or evaluated:
                 now = time.time()
                 logger.scalar("fps/updates", (updates - timer[1]) / (now - timer[0]))
                 means = logger.write(updates)
                 timer = (now, updates)
                 if progress is not None:
                     progress.set_postfix({"loss": f"{means.get('train/loss', float('nan')):.4g}"})
-            if updates % o.eval_every == 0:
-                run_evaluation(config, trainer, test, logdir, logger, updates)
-                last_eval = updates
-                logger.write(updates)
             if updates % o.checkpoint_every == 0:
                 save()
-        if last_eval != updates:  # the final evaluation (also when a finished run is rerun)
+        if last_eval != updates and main_rank:  # the final one (also when a finished run is rerun)
             run_evaluation(config, trainer, test, logdir, logger, updates)
             logger.write(updates)
     except KeyboardInterrupt:
