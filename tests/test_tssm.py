@@ -172,3 +172,16 @@ def test_gradients_reach_every_parameter_but_not_the_memory():
         assert not any(x.requires_grad for x in tree.values())
     _, stepped = core.step(g[:, 0], final)
     assert not any(x.requires_grad for x in stepped.values())
+
+
+def test_step_with_cached_params_equals_plain_step():
+    core = make_core(mem_len=6)
+    g, is_first = inputs(20, resets=RESETS)
+    params = core.step_params()
+    with torch.no_grad():
+        plain = cached = core.initial_state(B)
+        for t in range(20):
+            h_plain, plain = core.step(g[:, t], plain, is_first[:, t])
+            h_cached, cached = core.step(g[:, t], cached, is_first[:, t], params=params)
+            assert torch.equal(h_plain, h_cached)
+            assert all(torch.equal(plain[key], cached[key]) for key in plain)

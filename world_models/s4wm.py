@@ -190,12 +190,21 @@ class S4D(nn.Module):
             at = _states_at(u, V, dA, dB, x0, is_first, positions.to(u.device))  # (B, K, H, N2)
         return y.transpose(1, 2), final, at.reshape(-1, H, at.shape[-1])  # (B*K, H, N2) b-major
 
-    def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None):
-        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x."""
+    def step_params(self):
+        """dA (H, N/2) complex, [Re, Im] of dB (H, N/2, 2) real and C (H, N/2) complex, for `step`."""
+        _, dA, dB, C = self.discrete()
+        return dA, torch.view_as_real(dB), C
+
+    def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None,
+             params=None):
+        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x. params: step_params() or None."""
         if is_first is not None:
             x = torch.where(is_first[:, None, None], torch.zeros_like(x), x)
-        _, dA, dB, C = self.discrete()
-        x = dA * x + dB * u[..., None]  # (B, H, N2)
+        dA, dB_re_im, C = self.step_params() if params is None else params
+        x = dA * x  # (B, H, N2)
+        # + dB u as a real multiply-add on the [Re, Im] view, in place on the fresh product: about
+        # 2x faster on CPU than complex dB * u (which promotes u to complex) and a complex add
+        torch.view_as_real(x).addcmul_(u[..., None, None], dB_re_im)
         return 2 * (C * x).sum(-1).real + self.D * u, x
 
     def forward_reference(self, u, is_first, x0):

@@ -88,9 +88,10 @@ class XLBlock(nn.Module):
         att = self.drop(scores.softmax(-1)) @ v  # (B, H, T, Dh)
         return self.finish(x, att.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
-    def step(self, x, k_mem, v_mem, valid, pos):
+    def step(self, x, k_mem, v_mem, valid, r):
         """One query: x (B, D); k_mem, v_mem (B, M, D) the cache (no grad), valid (B, M+1) with
-        the query itself last. Returns the new x and this step's k, v (B, D).
+        the query itself last; r = r_proj(pos) (M+1, D), distances M..0 (batch-independent, so
+        computed once per rollout). Returns the new x and this step's k, v (B, D).
 
         The query is spread into a block-diagonal (H, D) matrix (row h = head h's dims), so all
         heads score against the cache in one bmm over its stored layout: the cache, the large
@@ -101,7 +102,7 @@ class XLBlock(nn.Module):
         qu = (q + self.u.flatten())[:, None] * heads  # (B, H, D)
         qv = (q + self.v.flatten())[:, None] * heads  # (B, H, D)
         ac = torch.cat([qu @ k_mem.transpose(1, 2), qu @ k[:, :, None]], -1)  # (B, H, M+1)
-        bd = qv @ self.r_proj(pos).T  # (B, H, M+1): distances M..0 line up with [cache, self]
+        bd = qv @ r.T  # (B, H, M+1): distances M..0 line up with [cache, self]
         scores = (ac + bd) / math.sqrt(self.head_dim)  # (B, H, M+1)
         scores = scores.masked_fill(~valid[:, None], float("-inf"))
         p = self.drop(scores.softmax(-1))  # (B, H, M+1)
@@ -188,16 +189,23 @@ class TransformerXLCore(SequenceCore):
         valid = rows.gather(2, idx.expand(B, K, M)).reshape(B * K, M)  # (B*K, M)
         return {"k": k, "v": v, "valid": valid}
 
-    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None):
+    def step_params(self) -> list:
+        """Per layer r_proj(R) (M+1, D) of the position embeddings: what `step` needs from the
+        parameters alone."""
+        pos = self._pos(self.norm.weight)  # (M+1, D)
+        return [layer.r_proj(pos) for layer in self.layers]
+
+    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None, params=None):
         """One query against the M cached keys plus itself, then shift the cache by one."""
         B, D = g.shape
         valid = state["valid"]  # (B, M)
         if is_first is not None:  # reset = forget every slot (their contents are never read)
             valid = valid & ~is_first[:, None]
         valid = torch.cat([valid, valid.new_ones(B, 1)], 1)  # (B, M+1) the query sees itself
-        x, ks, vs, pos = g, [], [], self._pos(g)
+        rs = self.step_params() if params is None else params
+        x, ks, vs = g, [], []
         for l, layer in enumerate(self.layers):
-            x, k, v = layer.step(x, state["k"][:, l], state["v"][:, l], valid, pos)
+            x, k, v = layer.step(x, state["k"][:, l], state["v"][:, l], valid, rs[l])
             ks.append(k.detach())
             vs.append(v.detach())
         # Shift: drop the oldest slot, append this step (one copy for all layers).
