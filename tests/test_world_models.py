@@ -178,3 +178,12 @@ def test_gaussian_latents_work_for_every_backbone(backbone):
     assert wm.prior_net.net[-1].weight.grad.abs().sum() > 0
     im = wm.imagine(starts, lambda f: torch.zeros(f.shape[0], 3), horizon=3)
     assert torch.isfinite(im["feat"]).all()
+
+
+def test_entropy_metrics_without_graph_equal_entropies():
+    wm = make("s5wm")[0]
+    torch.manual_seed(0)
+    _, metrics, out, _, _ = wm.loss(batch(2, 6), wm.initial_state(2))
+    for key, stats in (("post_entropy", out["post"]), ("prior_entropy", out["prior"])):
+        assert not metrics[key].requires_grad
+        assert torch.equal(metrics[key], wm.latent.entropy(stats).mean().detach())
