@@ -38,10 +38,13 @@ def test_zoh_discretisation_and_init():
             assert torch.allclose(E[0, 0], dA[h, n]) and torch.allclose(E[0, 1], dB[h, n])
 
 
-def test_segment_conv_matches_direct_sum():
+@pytest.mark.parametrize('inner_resets', [True, False])
+def test_segment_conv_matches_direct_sum(inner_resets):
+    """With resets after t=0 every segment is its own FFT row; without, one convolution per row."""
     torch.manual_seed(1)
     u, k = torch.randn(3, 3, 11, dtype=torch.float64), torch.randn(3, 11, dtype=torch.float64)
     seg = torch.tensor([[0] * 4 + [1] * 7, [0] * 11, [0, 0, 1, 2, 2, 2, 3, 3, 3, 3, 3]])
+    seg = seg if inner_resets else torch.zeros_like(seg)
     y = segment_conv(u, k, seg)
     for b in range(3):
         for t in range(11):
