@@ -38,10 +38,13 @@ def test_zoh_discretisation_and_init():
             assert torch.allclose(E[0, 0], dA[h, n]) and torch.allclose(E[0, 1], dB[h, n])
 
 
-def test_segment_conv_matches_direct_sum():
+@pytest.mark.parametrize('inner_resets', [True, False])
+def test_segment_conv_matches_direct_sum(inner_resets):
+    """With resets after t=0 every segment is its own FFT row; without, one convolution per row."""
     torch.manual_seed(1)
     u, k = torch.randn(3, 3, 11, dtype=torch.float64), torch.randn(3, 11, dtype=torch.float64)
     seg = torch.tensor([[0] * 4 + [1] * 7, [0] * 11, [0, 0, 1, 2, 2, 2, 3, 3, 3, 3, 3]])
+    seg = seg if inner_resets else torch.zeros_like(seg)
     y = segment_conv(u, k, seg)
     for b in range(3):
         for t in range(11):
@@ -85,3 +88,24 @@ def test_conv_matches_reference_outputs_and_gradients():
 def test_bad_init_fails_in_one_line():
     with pytest.raises(ValueError, match="'lin', 'inv'"):
         S4Core(d_model=H, d_state=N, init='legs')
+
+
+@pytest.mark.parametrize('x0_kind', ['zero', 'some_rows', 'all_rows'])
+@pytest.mark.parametrize('inner_resets', [False, True])
+def test_states_at_every_branch_equals_stepped_states(x0_kind, inner_resets):
+    """_states_at skips the window mask without resets after t=0 and the x0 term for rows it does
+    not reach (x0 zero, or a reset at or before every position); each branch == the step loop."""
+    m = layer(torch.float64)
+    u = torch.randn(B, T, H, dtype=torch.float64)
+    f = resets(B, T) if inner_resets else torch.zeros(B, T, dtype=torch.bool)
+    f[2, 0] = True  # row 2 never sees x0
+    x0 = torch.randn(B, H, N // 2, dtype=torch.complex128)
+    if x0_kind == 'zero':
+        x0.zero_()
+    elif x0_kind == 'some_rows':
+        x0[1:].zero_()
+    pos = torch.tensor([T - 1, 0, 9, 9, 20, 5, 30])  # unsorted, repeated
+    with torch.no_grad():
+        _, xT, at = m(u, f, x0, pos)
+        _, xs_ref = m.forward_reference(u, f, x0)
+    assert_close([xT, at], [xs_ref[:, -1], xs_ref[:, pos].reshape(B * len(pos), H, N // 2)], 1e-10)

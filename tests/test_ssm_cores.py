@@ -93,3 +93,18 @@ def test_gradients_reach_every_parameter(name):
     for pname, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, pname
     assert g.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_step_with_cached_params_equals_plain_step(name):
+    """step_params() once per rollout (imagination) gives exactly what step recomputes per call."""
+    m = core(name, torch.float64)
+    g, f = torch.randn(B, T, H, dtype=torch.float64), resets(B, T)
+    s0 = noisy_state(m)
+    params = m.step_params()
+    plain, cached = s0, s0
+    for t in range(T):
+        h_plain, plain = m.step(g[:, t], plain, f[:, t])
+        h_cached, cached = m.step(g[:, t], cached, f[:, t], params=params)
+        assert torch.equal(h_plain, h_cached)
+        assert all(torch.equal(a, b) for a, b in zip(plain, cached))

@@ -172,3 +172,67 @@ def test_gradients_reach_every_parameter_but_not_the_memory():
         assert not any(x.requires_grad for x in tree.values())
     _, stepped = core.step(g[:, 0], final)
     assert not any(x.requires_grad for x in stepped.values())
+
+
+def test_step_with_cached_params_equals_plain_step():
+    core = make_core(mem_len=6)
+    g, is_first = inputs(20, resets=RESETS)
+    params = core.step_params()
+    with torch.no_grad():
+        plain = cached = core.initial_state(B)
+        for t in range(20):
+            h_plain, plain = core.step(g[:, t], plain, is_first[:, t])
+            h_cached, cached = core.step(g[:, t], cached, is_first[:, t], params=params)
+            assert torch.equal(h_plain, h_cached)
+            assert all(torch.equal(plain[key], cached[key]) for key in plain)
+
+
+def run_steps(core, g, is_first, state):
+    """step_core that also returns every intermediate state."""
+    hs, states = [], []
+    for t in range(g.shape[1]):
+        h, state = core.step(g[:, t], state, is_first[:, t])
+        hs.append(h)
+        states.append(state)
+    return torch.stack(hs, 1), states
+
+
+def test_sliding_cache_without_grad_equals_copying_cache():
+    """Without grad the cache slides in place through spare slots (one copy per mem_len steps);
+    with grad every step copies (cat). 3.5 x mem_len steps cross several buffer refills."""
+    core = make_core(mem_len=6)
+    g, is_first = inputs(21, resets=RESETS)
+    with torch.no_grad():
+        h_fast, fast = run_steps(core, g, is_first, core.initial_state(B))
+    with torch.enable_grad():  # parameters require grad: the plain copying path
+        h_plain, plain = run_steps(core, g, is_first, core.initial_state(B))
+    assert hasattr(fast[-1]["k"], "_sliding") and not hasattr(plain[-1]["k"], "_sliding")
+    torch.testing.assert_close(h_fast, h_plain.detach(), rtol=0, atol=1e-12)
+    for a, b in zip(fast, plain):  # every intermediate state is still intact
+        assert_same_state(a, b)
+
+
+def test_sliding_cache_branches_and_grad_after_no_grad():
+    """Stepping again from an older state (a branch) must not overwrite what newer states read, and
+    a state from the no-grad buffer stepped under grad must still backpropagate."""
+    core = make_core(mem_len=5)
+    g, is_first = inputs(12)
+    with torch.no_grad():
+        _, states = run_steps(core, g[:, :8], is_first[:, :8], core.initial_state(B))
+        _, states_ref = run_steps(core, g[:, :8], is_first[:, :8], core.initial_state(B))
+        h_branch, _ = step_core(core, g[:, 8:], is_first[:, 8:], states[3])  # from an old view
+        h_newest, _ = step_core(core, g[:, 8:], is_first[:, 8:], states[-1])  # from the newest
+        for a, b in zip(states, states_ref):
+            assert_same_state(a, b)
+        h_branch_ref, _ = step_core(core, g[:, 8:], is_first[:, 8:], states_ref[3])
+        h_newest_ref, _ = step_core(core, g[:, 8:], is_first[:, 8:], states_ref[-1])
+    torch.testing.assert_close(h_branch, h_branch_ref, rtol=0, atol=0)
+    torch.testing.assert_close(h_newest, h_newest_ref, rtol=0, atol=0)
+    with torch.no_grad():
+        _, states = run_steps(core, g[:, :8], is_first[:, :8], core.initial_state(B))
+    x = g[:, 8].clone().requires_grad_(True)
+    h, _ = core.step(x, states[-1])  # under grad: reads (saves) the newest view, freezes its buffer
+    with torch.no_grad():
+        step_core(core, g[:, 9:], is_first[:, 9:], states[-1])  # would append in place if not frozen
+    h.sum().backward()  # fails if a tensor saved for backward was modified in place
+    assert x.grad.abs().sum() > 0

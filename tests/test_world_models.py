@@ -108,6 +108,32 @@ def test_start_states_continue_like_the_sequence(backbone):
                                atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backbone", BACKBONE_NAMES)
+def test_imagine_with_cached_params_equals_plain_steps(backbone):
+    """imagine computes img_params() once per rollout; it equals img_step recomputing them, with
+    sampled latents (same seed) and gradients to the start state and the parameters."""
+    wm = make(backbone)[0]
+    data = batch(2, 8)
+    with torch.no_grad():
+        _, _, starts = wm.observe(wm.encoder(data["image"]), data["action"], data["is_first"],
+                                  wm.initial_state(2), torch.tensor([3, 7]))
+    starts["h"].requires_grad_(True)
+    actions = torch.nn.functional.one_hot(torch.arange(4 * 5) % 3, 3).float().reshape(4, 5, 3)
+    torch.manual_seed(1)
+    fast = wm.imagine(starts, actions, 5)["feat"]
+    torch.manual_seed(1)
+    state, feats = starts, [wm.feat(starts)]
+    for t in range(5):
+        state = wm.img_step(state, actions[:, t])
+        feats.append(wm.feat(state))
+    plain = torch.stack(feats, 1)
+    assert torch.equal(fast, plain)
+    grads = [torch.autograd.grad(f.square().sum(), [starts["h"], *wm.parameters()],
+                                 allow_unused=True) for f in (fast, plain)]
+    for a, b in zip(*grads):
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def moving_square(B, T, seed):
     """A white square moving right by 4 px per step on black, from a random start row/column."""
     g = torch.Generator().manual_seed(seed)
@@ -152,3 +178,12 @@ def test_gaussian_latents_work_for_every_backbone(backbone):
     assert wm.prior_net.net[-1].weight.grad.abs().sum() > 0
     im = wm.imagine(starts, lambda f: torch.zeros(f.shape[0], 3), horizon=3)
     assert torch.isfinite(im["feat"]).all()
+
+
+def test_entropy_metrics_without_graph_equal_entropies():
+    wm = make("s5wm")[0]
+    torch.manual_seed(0)
+    _, metrics, out, _, _ = wm.loss(batch(2, 6), wm.initial_state(2))
+    for key, stats in (("post_entropy", out["post"]), ("prior_entropy", out["prior"])):
+        assert not metrics[key].requires_grad
+        assert torch.equal(metrics[key], wm.latent.entropy(stats).mean().detach())

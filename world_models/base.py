@@ -55,9 +55,15 @@ class WorldModel(nn.Module):
         """
         raise NotImplementedError
 
-    def img_step(self, state: dict, action: torch.Tensor) -> dict:
-        """One imagined step: action (B, A) taken in `state` -> next state with z from the prior."""
+    def img_step(self, state: dict, action: torch.Tensor, params=None) -> dict:
+        """One imagined step: action (B, A) taken in `state` -> next state with z from the prior.
+        params: from img_params() (computed once per rollout), or None to derive them here."""
         raise NotImplementedError
+
+    def img_params(self):
+        """Parameter-only values img_step would recompute every step (see SequenceCore.step_params);
+        valid until the next parameter update. None: nothing to cache."""
+        return None
 
     # ---- shared -------------------------------------------------------------------------------
     @property
@@ -94,8 +100,9 @@ class WorldModel(nn.Module):
         }
         loss, metrics = losses.combine(terms, self.scales)
         metrics["kl"] = kl.mean()
-        metrics["post_entropy"] = self.latent.entropy(out["post"]).detach().mean()
-        metrics["prior_entropy"] = self.latent.entropy(out["prior"]).detach().mean()
+        with torch.no_grad():  # metrics only: no graph (1.5x cheaper than building one to detach)
+            metrics["post_entropy"] = self.latent.entropy(out["post"]).mean()
+            metrics["prior_entropy"] = self.latent.entropy(out["prior"]).mean()
         return loss, metrics, out, new_state, starts
 
     def imagine(self, start: dict, policy, horizon: int) -> dict:
@@ -103,9 +110,10 @@ class WorldModel(nn.Module):
         (or from a tensor of actions (N, H, A)). Returns 'feat' (N, H+1, F), 'action' (N, H, A)
         where action_t is taken in state t and leads to state t+1, and the final 'state'."""
         state, feats, acts = start, [self.feat(start)], []
+        params = self.img_params()  # once per rollout: the parameters do not change inside it
         for t in range(horizon):
             action = policy[:, t] if torch.is_tensor(policy) else policy(feats[-1])
-            state = self.img_step(state, action)
+            state = self.img_step(state, action, params)
             feats.append(self.feat(state))
             acts.append(action)
         return {"feat": torch.stack(feats, 1), "action": torch.stack(acts, 1), "state": state}
@@ -165,8 +173,11 @@ class LatentSSMWorldModel(WorldModel):
                       "core": core_starts}
         return {"post": post, "prior": prior, "z": z, "h": h}, new_state, starts
 
-    def img_step(self, state, action):
+    def img_params(self):
+        return self.core.step_params()
+
+    def img_step(self, state, action, params=None):
         g = self.in_net(torch.cat([state["z"], action], -1))  # (B, D)
-        h, core = self.core.step(g, state["core"])
+        h, core = self.core.step(g, state["core"], params=params)
         z = self.latent.sample(self.prior_net(h))
         return {"h": h, "z": z, "core": core}

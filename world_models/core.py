@@ -37,6 +37,14 @@ class SequenceCore(nn.Module):
         """
         raise NotImplementedError
 
-    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None):
-        """Recurrent mode, one step: g (B, D) -> (h (B, D), new_state). is_first (B,) resets first."""
+    def step_params(self):
+        """What `step` derives from the parameters alone (SSM discretisation, position projections),
+        computed once for a rollout: pass it as step(..., params=) while the parameters do not change
+        (one imagination, one sequence of acting steps). Recompute after every parameter update; it
+        carries the graph to the parameters when built with grad enabled. None: nothing to cache."""
+        return None
+
+    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None, params=None):
+        """Recurrent mode, one step: g (B, D) -> (h (B, D), new_state). is_first (B,) resets first.
+        params: from step_params() (the same values `step` would recompute), or None."""
         raise NotImplementedError

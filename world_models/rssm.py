@@ -76,6 +76,6 @@ class RSSM(WorldModel):
             starts = {"h": h[:, positions].reshape(B * K, -1), "z": z[:, positions].reshape(B * K, -1)}
         return {"post": post, "prior": prior, "z": z, "h": h}, state, starts
 
-    def img_step(self, state, action):
+    def img_step(self, state, action, params=None):  # params: RSSM caches nothing
         h = self._recur(state, action)
         return {"h": h, "z": self.latent.sample(self.prior_net(h))}

@@ -100,28 +100,40 @@ def re_weights(w: torch.Tensor) -> torch.Tensor:
 def _states_at(u, V, dA, dB, x0, is_first, pos):
     """SSM states after consuming u_p for p in pos (K,): (B, K, H, N/2) complex.
 
-    x_p = dB * sum_{r=0}^{p-start_p} dA^r u_{p-r}  +  [no reset in [0, p]] dA^(p+1) x0
-    where start_p is the last reset <= p. The Toeplitz structure is moved to the input side: the
-    reversed window u_{p-r} is gathered per position (H, B, K, T), entries outside p's segment read
-    a zero pad, and one real matmul per channel contracts it with the kernel's Vandermonde V. Cost
-    O(B H K T) memory, O(B H K T N) flops; no (H, N/2, K, T) tensor is built.
+    x_p = sum_{r=0}^{p-start_p} dB dA^r u_{p-r}  +  [no reset in [0, p]] dA^(p+1) x0
+    where start_p is the last reset <= p. Per position the input window u_{p-T+1..p} is one row of
+    an unfolded, left zero-padded u (slots before t=0 read the pad); slots before start_p are
+    zeroed, and one real matmul per channel contracts the windows with the weights
+    [Re, Im](dB dA^r), so the states come out of the matmul already in real layout (no complex
+    arithmetic over the (B, K, H, N/2) result). Cost O(B H K T N) flops, O(B H K (T + N)) memory.
+    The result is an H-major view (no copy); reshape(B*K, H, N/2) stays a view.
+    Only rows with a reset after t=0 are masked and only rows with a nonzero x0 term add it (two
+    nonzero() host syncs per call on GPU).
     u (B, H, T), V (H, 2 N2, T) from `vandermonde`, dA/dB (H, N2), x0 (B, H, N2), is_first (B, T).
     """
     B, H, T = u.shape
     K, N2 = len(pos), dA.shape[1]
-    t = torch.arange(T, device=u.device)
-    src = pos[:, None] - t  # (K, T) time index of u_{p-r}
-    last_reset = torch.where(is_first, t, 0).cummax(1).values  # (B, T)
-    src = torch.where(src >= last_reset[:, pos, None], src, T)  # (B, K, T) outside segment -> pad
-    u_pad = torch.cat([u, u.new_zeros(B, H, 1)], 2).transpose(0, 1)  # (H, B, T+1) zero at T
-    win = u_pad[:, torch.arange(B, device=u.device)[:, None, None], src]  # (H, B, K, T)
-    acc = torch.bmm(win.reshape(H, B * K, T), V.transpose(1, 2))  # (H, B K, 2 N2)
-    acc = acc.reshape(H, B, K, 2 * N2).permute(1, 2, 0, 3)  # (B, K, H, 2 N2)
-    xs = dB * torch.complex(acc[..., :N2], acc[..., N2:])  # (B, K, H, N2)
-    keep0 = (is_first.long().cumsum(1)[:, pos] == 0).to(u.dtype)  # (B, K) no reset in [0, p]
-    Vp = V[:, :, pos].permute(2, 0, 1)  # (K, H, 2 N2)
-    decay0 = dA * torch.complex(Vp[..., :N2], Vp[..., N2:])  # (K, H, N2) dA^(p+1)
-    return xs + decay0 * (keep0[..., None, None] * x0[:, None])  # (B, K, H, N2)
+    dAr = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, T) dA^r
+    W = torch.view_as_real((dB[..., None] * dAr).flip(-1).transpose(1, 2))  # (H, T, N2, 2)
+    W = W.reshape(H, T, 2 * N2)  # row j weighs window slot j = u_{p-T+1+j}: dB dA^(T-1-j)
+    u_pad = nn.functional.pad(u.transpose(0, 1), (T - 1, 0))  # (H, B, 2T-1), T-1 zeros first
+    win = u_pad.unfold(2, T, 1)[:, :, pos]  # (H, B, K, T): win[..., k, j] = u_{pos_k - T + 1 + j}
+    cut = is_first[:, 1:].any(1).nonzero()[:, 0]  # (R,) rows with a reset after t=0
+    if len(cut):  # zero their window slots before the segment start (in place: win is a copy)
+        t = torch.arange(T, device=u.device)
+        last_reset = torch.where(is_first[cut], t, 0).cummax(1).values[:, pos]  # (R, K)
+        outside = t < (last_reset - pos + T - 1)[..., None]  # (R, K, T) slots before start_p
+        win[:, cut] = win[:, cut].masked_fill(outside, 0.0)
+    acc = torch.bmm(win.reshape(H, B * K, T), W)  # (H, B K, 2 N2) [Re, Im] interleaved per mode
+    xs = torch.view_as_complex(acc.reshape(H, B, K, N2, 2)).permute(1, 2, 0, 3)  # (B, K, H, N2)
+    keep0 = is_first.long().cumsum(1)[:, pos] == 0  # (B, K) no reset in [0, p]
+    live = (keep0.any(1) & x0.flatten(1).ne(0).any(1)).nonzero()[:, 0]  # (R,) rows x0 reaches
+    if len(live):
+        Vp = V[:, :, pos].permute(2, 0, 1)  # (K, H, 2 N2)
+        decay0 = dA * torch.complex(Vp[..., :N2], Vp[..., N2:])  # (K, H, N2) dA^(p+1)
+        term = x0[live, None] * decay0 * keep0[live, :, None, None]  # (R, K, H, N2)
+        xs.index_add_(0, live, term)  # in place into the matmul output (B, K, H, N2)
+    return xs
 
 
 class S4D(nn.Module):
@@ -178,12 +190,21 @@ class S4D(nn.Module):
             at = _states_at(u, V, dA, dB, x0, is_first, positions.to(u.device))  # (B, K, H, N2)
         return y.transpose(1, 2), final, at.reshape(-1, H, at.shape[-1])  # (B*K, H, N2) b-major
 
-    def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None):
-        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x."""
+    def step_params(self):
+        """dA (H, N/2) complex, [Re, Im] of dB (H, N/2, 2) real and C (H, N/2) complex, for `step`."""
+        _, dA, dB, C = self.discrete()
+        return dA, torch.view_as_real(dB), C
+
+    def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None,
+             params=None):
+        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x. params: step_params() or None."""
         if is_first is not None:
             x = torch.where(is_first[:, None, None], torch.zeros_like(x), x)
-        _, dA, dB, C = self.discrete()
-        x = dA * x + dB * u[..., None]  # (B, H, N2)
+        dA, dB_re_im, C = self.step_params() if params is None else params
+        x = dA * x  # (B, H, N2)
+        # + dB u as a real multiply-add on the [Re, Im] view, in place on the fresh product: about
+        # 2x faster on CPU than complex dB * u (which promotes u to complex) and a complex add
+        torch.view_as_real(x).addcmul_(u[..., None, None], dB_re_im)
         return 2 * (C * x).sum(-1).real + self.D * u, x
 
     def forward_reference(self, u, is_first, x0):

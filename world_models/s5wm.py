@@ -105,17 +105,24 @@ class S5(nn.Module):
                            device=device or self.D.device)  # (B, P2)
 
     @staticmethod
-    def _input(u: torch.Tensor, dB: torch.Tensor) -> torch.Tensor:
-        """dB u for real u (..., H): one real matmul against [Re, Im] of dB -> (..., P/2) complex."""
-        P2 = dB.shape[0]
-        w = torch.view_as_real(dB.T.contiguous()).reshape(dB.shape[1], 2 * P2)  # (H, 2 P2)
-        return torch.view_as_complex((u @ w).reshape(*u.shape[:-1], P2, 2))  # (..., P2)
+    def _in_weight(dB: torch.Tensor) -> torch.Tensor:
+        """[Re, Im] of dB (P/2, H) as one real (H, P) matrix, modes interleaved (see _input)."""
+        return torch.view_as_real(dB.T.contiguous()).reshape(dB.shape[1], -1)  # (H, 2 P2)
 
     @staticmethod
-    def _output(x: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
-        """2 Re(C x) for x (..., P/2) -> (..., H): one real matmul, [Re x, Im x] . [Re C, -Im C]."""
-        w = torch.stack([C.real, -C.imag], -1).reshape(C.shape[0], -1)  # (H, 2 P2) interleaved
-        return 2 * torch.view_as_real(x).flatten(-2) @ w.T  # (..., H)
+    def _out_weight(C: torch.Tensor) -> torch.Tensor:
+        """[Re C, -Im C] of C (H, P/2) as one real (P, H) matrix, interleaved (see _output)."""
+        return torch.stack([C.real, -C.imag], -1).reshape(C.shape[0], -1).T  # (2 P2, H)
+
+    @staticmethod
+    def _input(u: torch.Tensor, w_in: torch.Tensor) -> torch.Tensor:
+        """dB u for real u (..., H): one real matmul with _in_weight(dB) -> (..., P/2) complex."""
+        return torch.view_as_complex((u @ w_in).reshape(*u.shape[:-1], -1, 2))  # (..., P2)
+
+    @staticmethod
+    def _output(x: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
+        """2 Re(C x) for x (..., P/2) -> (..., H): one real matmul, [Re x, Im x] . _out_weight(C)."""
+        return 2 * torch.view_as_real(x).flatten(-2) @ w_out  # (..., H)
 
     def forward(self, u: torch.Tensor, is_first: torch.Tensor, x0: torch.Tensor, positions=None):
         """Parallel mode. u (B, T, H), is_first (B, T) bool, x0 (B, P/2) complex.
@@ -124,21 +131,27 @@ class S5(nn.Module):
         """
         B, T, H = u.shape
         dA, dB, C = self.discrete()
-        bu = self._input(u, dB)  # (B, T, P2)
+        bu = self._input(u, self._in_weight(dB))  # (B, T, P2)
         a = dA * (~is_first)[..., None].to(dA.real.dtype)  # (B, T, P2) decay, 0 at a reset
         bu = torch.cat([bu[:, :1] + a[:, :1] * x0[:, None], bu[:, 1:]], 1)  # (B, T, P2) with x0
         xs = associative_scan(a, bu)  # (B, T, P2) every state
-        y = self._output(xs, C) + self.D * u  # (B, T, H)
+        y = self._output(xs, self._out_weight(C)) + self.D * u  # (B, T, H)
         at = None if positions is None else xs[:, positions].reshape(-1, xs.shape[-1])  # (B*K, P2)
         return y, xs[:, -1], at
 
-    def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None):
-        """Recurrent mode. u (B, H), x (B, P/2) -> y (B, H), new x."""
+    def step_params(self):
+        """dA (P/2,) complex and the real input/output weights (H, P), (P, H) for `step`."""
+        dA, dB, C = self.discrete()
+        return dA, self._in_weight(dB), self._out_weight(C)
+
+    def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None,
+             params=None):
+        """Recurrent mode. u (B, H), x (B, P/2) -> y (B, H), new x. params: step_params() or None."""
         if is_first is not None:
             x = torch.where(is_first[:, None], torch.zeros_like(x), x)
-        dA, dB, C = self.discrete()
-        x = dA * x + self._input(u, dB)  # (B, P2)
-        return self._output(x, C) + self.D * u, x
+        dA, w_in, w_out = self.step_params() if params is None else params
+        x = dA * x + self._input(u, w_in)  # (B, P2)
+        return self._output(x, w_out) + self.D * u, x
 
     def forward_reference(self, u, is_first, x0):
         """Slow reference for tests: y (B, T, H) and every state (B, T, P/2) from a loop of `step`."""

@@ -9,7 +9,8 @@ An SSM layer used here implements (u (B, T, H) with H = d_model; `state` is one 
     initial_state(batch_size, device) -> state (B, ...)
     forward(u, is_first, state, positions=None) -> (y (B, T, H), final_state, states_at or None)
         states_at: (B*K, ...) b-major, the state after consuming u_t for t in positions (K,)
-    step(u (B, H), state, is_first=None) -> (y (B, H), new_state)
+    step_params() -> parameter-only tensors that step needs (its discretisation), computed once
+    step(u (B, H), state, is_first=None, params=None) -> (y (B, H), new_state)
 
 Core state: a list with one layer state per SSM layer, ordered block 0 layer 0, block 0 layer 1,
 block 1 layer 0, ...; every entry is batch first.
@@ -106,14 +107,18 @@ class SSMStack(SequenceCore):
             x = block.run(x, call)
         return self.norm(x), finals, (at if positions is not None else None)  # h (B, T, D)
 
-    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None):
+    def step_params(self) -> list:
+        return [layer.step_params() for layer in self.layers]
+
+    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None, params=None):
         B, D = g.shape
         assert D == self.d_model, g.shape
         is_first = None if is_first is None else is_first.bool()
         states, new = iter(state), []
+        params = iter(params if params is not None else [None] * len(self.layers))
 
         def call(layer, u):
-            y, s = layer.step(u, next(states), is_first)
+            y, s = layer.step(u, next(states), is_first, next(params))
             new.append(s)
             return y
 

@@ -12,6 +12,8 @@ State (all tensors batch-first, see SequenceCore):
                                  detached (no gradient into the cache, Transformer-XL Sec. 3.2);
                                  caching projections, not hidden states, keeps a step at one query
                                  vs M keys instead of re-projecting the whole window every layer.
+                                 `step` without grad returns views into a buffer with spare slots
+                                 (see `slide`): one cache copy per M imagined steps, not per step.
     valid  (B, M) bool           False for empty slots and for slots from before an episode reset;
                                  the k, v contents of invalid slots are never read (unspecified).
 
@@ -47,6 +49,52 @@ def rel_shift(bd: torch.Tensor, keys: int) -> torch.Tensor:
     padded = nn.functional.pad(bd, (0, T))  # (..., T, M+1+T) = (..., T, S+1)
     flat = padded.reshape(*lead, T * (keys + 1))[..., : T * keys]  # row i starts i slots later
     return flat.reshape(*lead, T, keys)  # (..., T, S)
+
+
+class SlidingBuffer:
+    """Key or value slots (B, L, 2M, D) of which a cache is a view of M consecutive slots; the
+    spare slots after the newest view let `slide` append without copying the cache. filled: slots
+    written; frozen: no more in-place writes (a view may be saved by autograd)."""
+
+    def __init__(self, cache: torch.Tensor, new: torch.Tensor):
+        B, L, M = cache.shape[:3]
+        self.buf = cache.new_empty(B, L, 2 * M, *cache.shape[3:])
+        self.buf[:, :, :M - 1] = cache[:, :, 1:]
+        self.buf[:, :, M - 1] = new
+        self.filled, self.frozen = M, False
+
+    def append(self, new: torch.Tensor) -> None:
+        self.buf[:, :, self.filled] = new
+        self.filled += 1
+
+    def newest(self, M: int) -> torch.Tensor:
+        """The last M written slots (a view), tagged so that `slide` can extend it in place."""
+        view = self.buf[:, :, self.filled - M:self.filled]  # (B, L, M, D)
+        view._sliding = (self, self.filled)
+        return view
+
+
+def slide(cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Drop the oldest slot, append `new`: cache (B, L, M, D) oldest first, new (B, L, D).
+
+    Plain (under grad): one copy of the cache per call (cat). Without grad: the result is a view into
+    a SlidingBuffer with M spare slots, and a call on the buffer's newest view writes `new` into the
+    next spare slot in place, so a rollout copies the cache once per M steps. Every returned cache
+    stays valid: a call on an older view (a branching rollout) copies into a new buffer, and a
+    buffer read under grad is frozen (autograd may have saved a view of it, and an in-place write
+    would break its backward)."""
+    M = cache.shape[2]
+    tag = getattr(cache, "_sliding", None)  # (buffer, filled when this view was made) or None
+    if torch.is_grad_enabled():
+        if tag is not None:
+            tag[0].frozen = True
+        return torch.cat([cache[:, :, 1:], new[:, :, None]], 2)
+    if tag is not None:
+        buffer, end = tag
+        if not buffer.frozen and buffer.filled == end and end < buffer.buf.shape[2]:
+            buffer.append(new)
+            return buffer.newest(M)
+    return SlidingBuffer(cache, new).newest(M)
 
 
 class XLBlock(nn.Module):
@@ -88,9 +136,10 @@ class XLBlock(nn.Module):
         att = self.drop(scores.softmax(-1)) @ v  # (B, H, T, Dh)
         return self.finish(x, att.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
 
-    def step(self, x, k_mem, v_mem, valid, pos):
+    def step(self, x, k_mem, v_mem, valid, r):
         """One query: x (B, D); k_mem, v_mem (B, M, D) the cache (no grad), valid (B, M+1) with
-        the query itself last. Returns the new x and this step's k, v (B, D).
+        the query itself last; r = r_proj(pos) (M+1, D), distances M..0 (batch-independent, so
+        computed once per rollout). Returns the new x and this step's k, v (B, D).
 
         The query is spread into a block-diagonal (H, D) matrix (row h = head h's dims), so all
         heads score against the cache in one bmm over its stored layout: the cache, the large
@@ -101,7 +150,7 @@ class XLBlock(nn.Module):
         qu = (q + self.u.flatten())[:, None] * heads  # (B, H, D)
         qv = (q + self.v.flatten())[:, None] * heads  # (B, H, D)
         ac = torch.cat([qu @ k_mem.transpose(1, 2), qu @ k[:, :, None]], -1)  # (B, H, M+1)
-        bd = qv @ self.r_proj(pos).T  # (B, H, M+1): distances M..0 line up with [cache, self]
+        bd = qv @ r.T  # (B, H, M+1): distances M..0 line up with [cache, self]
         scores = (ac + bd) / math.sqrt(self.head_dim)  # (B, H, M+1)
         scores = scores.masked_fill(~valid[:, None], float("-inf"))
         p = self.drop(scores.softmax(-1))  # (B, H, M+1)
@@ -188,21 +237,28 @@ class TransformerXLCore(SequenceCore):
         valid = rows.gather(2, idx.expand(B, K, M)).reshape(B * K, M)  # (B*K, M)
         return {"k": k, "v": v, "valid": valid}
 
-    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None):
+    def step_params(self) -> list:
+        """Per layer r_proj(R) (M+1, D) of the position embeddings: what `step` needs from the
+        parameters alone."""
+        pos = self._pos(self.norm.weight)  # (M+1, D)
+        return [layer.r_proj(pos) for layer in self.layers]
+
+    def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None, params=None):
         """One query against the M cached keys plus itself, then shift the cache by one."""
         B, D = g.shape
         valid = state["valid"]  # (B, M)
         if is_first is not None:  # reset = forget every slot (their contents are never read)
             valid = valid & ~is_first[:, None]
         valid = torch.cat([valid, valid.new_ones(B, 1)], 1)  # (B, M+1) the query sees itself
-        x, ks, vs, pos = g, [], [], self._pos(g)
+        rs = self.step_params() if params is None else params
+        x, ks, vs = g, [], []
         for l, layer in enumerate(self.layers):
-            x, k, v = layer.step(x, state["k"][:, l], state["v"][:, l], valid, pos)
+            x, k, v = layer.step(x, state["k"][:, l], state["v"][:, l], valid, rs[l])
             ks.append(k.detach())
             vs.append(v.detach())
-        # Shift: drop the oldest slot, append this step (one copy for all layers).
-        new_state = {"k": torch.cat([state["k"][:, :, 1:], torch.stack(ks, 1)[:, :, None]], 2),
-                     "v": torch.cat([state["v"][:, :, 1:], torch.stack(vs, 1)[:, :, None]], 2),
+        # Shift: drop the oldest slot, append this step (in place into spare slots without grad).
+        new_state = {"k": slide(state["k"], torch.stack(ks, 1)),
+                     "v": slide(state["v"], torch.stack(vs, 1)),
                      "valid": valid[:, 1:]}  # k, v (B, L, M, D), valid (B, M)
         return self.norm(x), new_state
 
