@@ -19,6 +19,12 @@ from common.dists import TwoHot, twohot_bins, unimix_logits
 from world_models.nets import MLP
 
 
+def clip_straight_through(action: torch.Tensor) -> torch.Tensor:
+    """Clip to [-1, 1] as the env does, but pass gradients as if unclipped: a sample outside the
+    range still tells the actor which way the return grows (a plain clamp would give it zero)."""
+    return action + (action.clamp(-1, 1) - action).detach()
+
+
 class ActorCritic(nn.Module):
     def __init__(self, *, feat_size: int, act_dim: int, discrete: bool, units: int, layers: int,
                  bins: int, unimix: float = 0.01, horizon: int = 15, gamma: float = 0.997,
@@ -70,7 +76,7 @@ class ActorCritic(nn.Module):
         def sample(feat):
             a = self.policy(feat.detach()).rsample() if backprop else self.policy(feat).sample()
             raw.append(a)
-            return a if self.discrete else a.clamp(-1, 1)
+            return a if self.discrete else clip_straight_through(a)
 
         with torch.set_grad_enabled(backprop):
             traj = wm.imagine(start, sample, self.horizon)

@@ -57,3 +57,12 @@ def test_continuous_actions_are_bounded():
     action = agent.ac.act(feat)
     assert action.shape == (64, 2) and action.abs().max() <= 1.0
     assert agent.ac.act(feat, greedy=True).abs().max() <= 1.0
+
+
+def test_clip_straight_through_clips_values_and_keeps_gradients():
+    from agent.actor_critic import clip_straight_through
+    a = torch.tensor([-2.0, -0.5, 0.3, 1.7], requires_grad=True)
+    out = clip_straight_through(a)
+    assert torch.equal(out.detach(), torch.tensor([-1.0, -0.5, 0.3, 1.0]))  # what the env gets
+    out.sum().backward()
+    assert torch.equal(a.grad, torch.ones(4))  # a plain clamp would give 0 at -2.0 and 1.7
