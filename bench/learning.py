@@ -1,6 +1,6 @@
 """Does the agent learn? Train every backbone on one task and plot eval return against env steps.
 
-    python -m bench.learning --configs dmc cpu --task dmc_cartpole_balance --steps 50000 \\
+    python -m bench.learning --configs dmc learn --task dmc_cartpole_balance --steps 24000 \\
         --backbones rssm,s4wm,s5wm,tssm --seeds 0 --out reports/learning
 
 Each run is an ordinary `main.py` run in <out>/<backbone>_seed<seed> (rerunning this command resumes
@@ -71,13 +71,15 @@ def plot(curves: dict, baseline: float, task: str, path: pathlib.Path) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--configs", nargs="+", default=["dmc", "cpu"])
+    p.add_argument("--configs", nargs="+", default=["dmc", "learn"])
     p.add_argument("--task", default="dmc_cartpole_balance")
-    p.add_argument("--steps", type=int, default=50000)
+    p.add_argument("--steps", type=int, default=24000)
     p.add_argument("--backbones", default="rssm,s4wm,s5wm,tssm")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", default="reports/learning")
     p.add_argument("--random_episodes", type=int, default=10)
+    p.add_argument("--no-run", action="store_true",
+                   help="only read the runs already in --out and write the plot and table")
     args, extra = p.parse_known_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,25 +91,27 @@ def main(argv=None) -> None:
                    "--task", args.task, "--steps", str(args.steps), "--seed", seed,
                    "--logdir", str(logdir), "--run.progress", "false", *extra]
             start = time.time()
-            print("running:", " ".join(cmd), flush=True)
-            subprocess.run(cmd, cwd=ROOT, check=True)
-            walls[f"{backbone}_seed{seed}"] = time.time() - start
+            if not args.no_run:
+                print("running:", " ".join(cmd), flush=True)
+                subprocess.run(cmd, cwd=ROOT, check=True)
+            walls[f"{backbone}_seed{seed}"] = time.time() - start if not args.no_run else float("nan")
             steps, values = read_curve(logdir)
             curves[f"{backbone} (seed {seed})"] = (steps, values)
-            table.append((backbone, seed, values[-1] if len(values) else float("nan"),
+            table.append((backbone, seed, int(steps[-1]) if len(steps) else 0,
+                          values[-1] if len(values) else float("nan"),
                           values.max() if len(values) else float("nan"), walls[f"{backbone}_seed{seed}"]))
     from common.config import load_blocks, merge
     config = merge(load_blocks(), list(args.configs), {"task": args.task})
     env_kw = {"image_size": config.env.image_size, "action_repeat": config.env.action_repeat or None,
-              "time_limit": config.env.time_limit or None}
+              "time_limit": config.env.time_limit or None, "fast_render": config.env.fast_render}
     baseline = random_return(args.task, args.random_episodes, 0, env_kw)
     plot(curves, baseline, args.task, out / "learning.png")
     lines = [f"# Learning: {args.task}, {args.steps} env steps, configs {' '.join(args.configs)}",
              "", f"Machine: {platform.processor() or platform.machine()}, "
              f"{__import__('os').cpu_count()} CPUs. Random policy return: {baseline:.1f}", "",
-             "| backbone | seed | final eval return | best eval return | wall time (this call) |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {b} | {s} | {f:.1f} | {m:.1f} | {w / 60:.1f} min |" for b, s, f, m, w in table]
+             "| backbone | seed | last eval at step | final eval return | best eval return | wall time (this call) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {b} | {s} | {n} | {f:.1f} | {m:.1f} | {w / 60:.1f} min |" for b, s, n, f, m, w in table]
     (out / "learning.md").write_text("\n".join(lines) + "\n")
     (out / "learning.json").write_text(json.dumps(
         {"task": args.task, "random_return": baseline,

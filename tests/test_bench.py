@@ -37,3 +37,21 @@ def test_a_case_runs_in_its_own_process_and_is_profiled(tmp_path):
     assert record["kind"] == "seq" and record["length"] == 8 and record["peak_mb"] > 0
     assert record["profile"] and (tmp_path / "profile_seq_rssm.txt").exists()
     assert "### Top ops by self time" in (tmp_path / "bench.md").read_text()
+
+
+def test_learning_benchmark_plots_existing_runs(tmp_path):
+    """bench.learning --no-run: reads each run's metrics.jsonl, measures the random policy and
+    writes the plot, the table (one row per run) and the curves."""
+    import json
+    from bench import learning
+    run = tmp_path / "rssm_seed0"
+    run.mkdir()
+    rows = [{"step": 1000, "eval/return": 120.0}, {"step": 1500, "episode/return": 3.0},
+            {"step": 2000, "eval/return": 480.5}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    learning.main(["--no-run", "--backbones", "rssm", "--out", str(tmp_path), "--random_episodes", "1"])
+    table = (tmp_path / "learning.md").read_text()
+    assert "| rssm | 0 | 2000 | 480.5 | 480.5 |" in table and "Random policy return" in table
+    saved = json.loads((tmp_path / "learning.json").read_text())
+    assert saved["curves"]["rssm (seed 0)"] == [[1000, 2000], [120.0, 480.5]]
+    assert 0 < saved["random_return"] < 1000 and (tmp_path / "learning.png").stat().st_size > 0
