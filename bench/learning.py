@@ -93,7 +93,11 @@ def main(argv=None) -> None:
             start = time.time()
             if not args.no_run:
                 print("running:", " ".join(cmd), flush=True)
-                subprocess.run(cmd, cwd=ROOT, check=True)
+                code = subprocess.run(cmd, cwd=ROOT).returncode
+                if code:
+                    print(f"error: the {backbone} seed {seed} run failed (exit {code}); its "
+                          f"message is above", file=sys.stderr)
+                    sys.exit(2)
             walls[f"{backbone}_seed{seed}"] = time.time() - start if not args.no_run else float("nan")
             steps, values = read_curve(logdir)
             curves[f"{backbone} (seed {seed})"] = (steps, values)

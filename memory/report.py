@@ -34,7 +34,11 @@ def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: lis
            "--logdir", str(logdir), "--run.progress", "false", *extra]
     print("running:", " ".join(cmd), flush=True)
     start = time.time()
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code:
+        print(f"error: the {backbone} seed {seed} run failed (exit {code}); its message is above",
+              file=sys.stderr)
+        sys.exit(2)
     return time.time() - start
 
 
