@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import subprocess
 import sys
 import time
@@ -62,7 +61,7 @@ def plot(curves: dict, baseline: float, task: str, path: pathlib.Path) -> None:
         if len(steps):
             ax.plot(steps, values, marker="o", ms=3, label=name)
     ax.axhline(baseline, color="gray", ls="--", label="random policy")
-    ax.set_xlabel("env steps"), ax.set_ylabel("eval return"), ax.set_title(task)
+    ax.set_xlabel("agent steps (after action repeat)"), ax.set_ylabel("eval return"), ax.set_title(task)
     ax.legend(), ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -110,9 +109,13 @@ def main(argv=None) -> None:
               "time_limit": config.env.time_limit or None, "fast_render": config.env.fast_render}
     baseline = random_return(args.task, args.random_episodes, 0, env_kw)
     plot(curves, baseline, args.task, out / "learning.png")
+    import torch
+    from bench.backbones import machine
+    info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
     lines = [f"# Learning: {args.task}, {args.steps} env steps, configs {' '.join(args.configs)}",
-             "", f"Machine: {platform.processor() or platform.machine()}, "
-             f"{__import__('os').cpu_count()} CPUs. Random policy return: {baseline:.1f}", "",
+             "", f"Machine: {where}; commit {info['commit']}; {time.strftime('%Y-%m-%d')}. "
+             f"Random policy return: {baseline:.1f}", "",
              "| backbone | seed | last eval at step | final eval return | best eval return | wall time (this call) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {b} | {s} | {n} | {f:.1f} | {m:.1f} | {w / 60:.1f} min |" for b, s, n, f, m, w in table]
