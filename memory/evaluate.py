@@ -52,13 +52,13 @@ def decode(wm, feat: torch.Tensor, chunk: int) -> np.ndarray:
 @torch.no_grad()
 def rollout(wm, episodes: list[dict], context: int, query_observe: int, chunk: int, device):
     """Observe the first context + query_observe frames of equally long episodes, imagine the rest.
-    Returns (recon uint8 (B, context, ...), imagined feats (B, Q', F), imagined uint8 (B, Q', ...))
-    with Q' = T - context - query_observe."""
+    Returns (recon uint8 (B, context + query_observe, ...) of the observed frames, imagined feats
+    (B, Q', F), imagined uint8 (B, Q', ...)) with Q' = T - context - query_observe."""
     data = to_torch({k: np.stack([e[k] for e in episodes]) for k in MODEL_KEYS}, device)
     B, T = data["is_first"].shape
     seen = context + query_observe
     feat, state = observe(wm, {k: v[:, :seen] for k, v in data.items()}, wm.initial_state(B), chunk)
-    recon = decode(wm, feat[:, :context], chunk)
+    recon = decode(wm, feat, chunk)
     imag = wm.imagine(state, data["action"][:, seen:], T - seen)["feat"][:, 1:]  # (B, Q', F)
     return recon, imag, decode(wm, imag, chunk)
 
@@ -79,16 +79,15 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
         truth = np.stack([e["image"] for e in group])  # (B, T, H, W, C)
         recon, _, imag = rollout(wm, group, context, query_observe, chunk, device)
         seen = context + query_observe
-        recon_mse.append(metrics.mse(recon, truth[:, :context]))  # (B, context)
+        recon_mse.append(metrics.mse(recon[:, :context], truth[:, :context]))  # (B, context)
         per_frame.append(metrics.image_scores(imag, truth[:, seen:]))  # each (B, Q')
         if revisit:
             for b, e in enumerate(group):
                 mask = metrics.revisit_mask(e["pose"], e["phase"])[seen:]  # (Q',)
                 if mask.any():
                     revisit_err.append(per_frame[-1]["mse"][b][mask].mean())
-        if video is None:
-            observed = decode_observed(wm, group[:1], context, seen, chunk, device)
-            video = np.concatenate([recon[0], observed, imag[0]], 0)
+        if video is None:  # reconstructed context and observed query frames, then imagined ones
+            video = np.concatenate([recon[0], imag[0]], 0)
     scores = {k: np.concatenate([p[k] for p in per_frame], 0) for k in per_frame[0]}  # (N, Q')
     summary = {"recon_mse": float(np.concatenate(recon_mse).mean())}
     summary.update({f"gen_{k}": float(v.mean()) for k, v in scores.items()})
@@ -96,15 +95,6 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
         summary["gen_mse_revisit"] = float(np.mean(revisit_err)) if revisit_err else float("nan")
     curves = {k: v.mean(0).tolist() for k, v in scores.items()}
     return summary, curves, video
-
-
-def decode_observed(wm, group, context, seen, chunk, device) -> np.ndarray:
-    """Reconstructions of the observed query frames (context..seen) of one episode, (n, H, W, C)."""
-    if seen == context:
-        return np.zeros((0,) + group[0]["image"].shape[1:], np.uint8)
-    data = to_torch({k: np.stack([e[k][:seen] for e in group]) for k in MODEL_KEYS}, device)
-    feat, _ = observe(wm, data, wm.initial_state(1), chunk)
-    return decode(wm, feat[:, context:], chunk)[0]
 
 
 @torch.no_grad()
