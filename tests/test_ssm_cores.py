@@ -108,3 +108,32 @@ def test_step_with_cached_params_equals_plain_step(name):
         h_cached, cached = m.step(g[:, t], cached, f[:, t], params=params)
         assert torch.equal(h_plain, h_cached)
         assert all(torch.equal(a, b) for a, b in zip(plain, cached))
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_rollout_form_equals_plain_steps(name):
+    """Imagination steps the core from rollout_begin's form (S4: the convolution form with windows
+    of 16 steps folded back into the complex state); outputs, the final state after rollout_end and
+    the gradients to the inputs, the start state and every parameter equal the plain step loop
+    (float64, 40 steps: two folds and a partial window)."""
+    m = core(name, torch.float64)
+    steps = 40
+    g = torch.randn(B, steps, H, dtype=torch.float64, requires_grad=True)
+    s0 = [s.clone().requires_grad_(True) for s in noisy_state(m)]
+    outs = {}
+    for form in ("plain", "rollout"):
+        params = m.step_params()
+        state, hs = (s0 if form == "plain" else m.rollout_begin(s0)), []
+        for t in range(steps):
+            h, state = m.step(g[:, t], state, params=params)
+            hs.append(h)
+        final = state if form == "plain" else m.rollout_end(state)
+        h = torch.stack(hs, 1)
+        loss = h.square().sum() + sum(s.abs().square().sum() for s in final)
+        outs[form] = (h, final, torch.autograd.grad(loss, [g, *s0, *m.parameters()]))
+    (h_p, f_p, g_p), (h_r, f_r, g_r) = outs["plain"], outs["rollout"]
+    torch.testing.assert_close(h_r, h_p, rtol=1e-10, atol=1e-10)
+    for a, b in zip(f_r, f_p):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for a, b in zip(g_r, g_p):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -127,11 +127,12 @@ def test_imagine_with_cached_params_equals_plain_steps(backbone):
         state = wm.img_step(state, actions[:, t])
         feats.append(wm.feat(state))
     plain = torch.stack(feats, 1)
-    assert torch.equal(fast, plain)
+    # S4WM imagines in the convolution form (S4D.rollout_begin): equal to float32 rounding
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     grads = [torch.autograd.grad(f.square().sum(), [starts["h"], *wm.parameters()],
                                  allow_unused=True) for f in (fast, plain)]
     for a, b in zip(*grads):
-        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def moving_square(B, T, seed):

@@ -65,6 +65,14 @@ class WorldModel(nn.Module):
         valid until the next parameter update. None: nothing to cache."""
         return None
 
+    def img_begin(self, state: dict) -> dict:
+        """The start state in the form img_step runs fastest on (see SequenceCore.rollout_begin)."""
+        return state
+
+    def img_end(self, state: dict) -> dict:
+        """Back to the ordinary state form after the last imagined step."""
+        return state
+
     # ---- shared -------------------------------------------------------------------------------
     @property
     def device(self):
@@ -109,14 +117,15 @@ class WorldModel(nn.Module):
         """Roll the prior forward `horizon` steps with actions from `policy(feat) -> action`
         (or from a tensor of actions (N, H, A)). Returns 'feat' (N, H+1, F), 'action' (N, H, A)
         where action_t is taken in state t and leads to state t+1, and the final 'state'."""
-        state, feats, acts = start, [self.feat(start)], []
+        state, feats, acts = self.img_begin(start), [self.feat(start)], []
         params = self.img_params()  # once per rollout: the parameters do not change inside it
         for t in range(horizon):
             action = policy[:, t] if torch.is_tensor(policy) else policy(feats[-1])
             state = self.img_step(state, action, params)
             feats.append(self.feat(state))
             acts.append(action)
-        return {"feat": torch.stack(feats, 1), "action": torch.stack(acts, 1), "state": state}
+        return {"feat": torch.stack(feats, 1), "action": torch.stack(acts, 1),
+                "state": self.img_end(state)}
 
     @torch.no_grad()
     def openloop(self, data: dict, context: int) -> torch.Tensor:
@@ -175,6 +184,12 @@ class LatentSSMWorldModel(WorldModel):
 
     def img_params(self):
         return self.core.step_params()
+
+    def img_begin(self, state):
+        return {**state, "core": self.core.rollout_begin(state["core"])}
+
+    def img_end(self, state):
+        return {**state, "core": self.core.rollout_end(state["core"])}
 
     def img_step(self, state, action, params=None):
         g = self.in_net(torch.cat([state["z"], action], -1))  # (B, D)

@@ -48,3 +48,12 @@ class SequenceCore(nn.Module):
         """Recurrent mode, one step: g (B, D) -> (h (B, D), new_state). is_first (B,) resets first.
         params: from step_params() (the same values `step` would recompute), or None."""
         raise NotImplementedError
+
+    def rollout_begin(self, state):
+        """The state a rollout (imagination) steps from, which may take a faster form than the
+        stored state (S4: the convolution form, see S4D.rollout_begin). Identity by default."""
+        return state
+
+    def rollout_end(self, state):
+        """Back to the stored form after a rollout's last step (inverse of rollout_begin)."""
+        return state

@@ -136,6 +136,45 @@ def _states_at(u, V, dA, dB, x0, is_first, pos):
     return xs
 
 
+class S4DWindow:
+    """An S4D layer's state during a rollout (see S4D.rollout_begin): the complex state x0 at the
+    window start, its free response over the window, and the inputs consumed since. Immutable:
+    `step` returns a new window, so autograd sees an ordinary graph."""
+
+    __slots__ = ("x0", "consts", "free", "us")
+
+    def __init__(self, x0, consts, free=None, us=()):
+        self.x0, self.consts, self.us = x0, consts, us
+        if free is None:  # (B, H, L): 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
+            x_re = torch.cat([x0.real, x0.imag], -1).transpose(0, 1)  # (H, B, 2 N2)
+            free = torch.bmm(x_re, consts[1]).transpose(0, 1)  # (B, H, L)
+        self.free = free
+
+    def step(self, u: torch.Tensor):
+        """u (B, H) -> (y (B, H), next window state)."""
+        k_flip, L = self.consts[0], self.free.shape[-1]
+        us = self.us + (u,)
+        j = len(us) - 1
+        hist = torch.stack(us, -1)  # (B, H, j+1)
+        y = self.free[..., j] + (hist * k_flip[:, L - 1 - j:]).sum(-1)  # (B, H)
+        nxt = S4DWindow(self.x0, self.consts, self.free, us)
+        if len(us) == L:  # window full: fold it into the complex state that starts the next
+            nxt = S4DWindow(nxt.folded(), self.consts)
+        return y, nxt
+
+    def folded(self) -> torch.Tensor:
+        """Complex state after the inputs consumed so far: dA^m x0 + sum_s dB dA^(m-1-s) u_s."""
+        m = len(self.us)
+        if m == 0:
+            return self.x0
+        _, _, w_fold, dAt = self.consts
+        H, L, _ = w_fold.shape
+        hist = torch.stack(self.us, -1).transpose(0, 1)  # (H, B, m)
+        acc = torch.bmm(hist, w_fold[:, L - m:])  # (H, B, 2 N2) [Re, Im] interleaved
+        driven = torch.view_as_complex(acc.reshape(H, hist.shape[1], -1, 2)).transpose(0, 1)
+        return dAt[..., m] * self.x0 + driven  # (B, H, N2)
+
+
 class S4D(nn.Module):
     """Diagonal S4 layer on H = d_model channels with d_state = N real state dims (N/2 complex modes).
 
@@ -198,6 +237,9 @@ class S4D(nn.Module):
     def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None,
              params=None):
         """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x. params: step_params() or None."""
+        if isinstance(x, S4DWindow):
+            assert is_first is None, "a rollout window does not reset (imagination only)"
+            return x.step(u)
         if is_first is not None:
             x = torch.where(is_first[:, None, None], torch.zeros_like(x), x)
         dA, dB_re_im, C = self.step_params() if params is None else params
@@ -206,6 +248,35 @@ class S4D(nn.Module):
         # 2x faster on CPU than complex dB * u (which promotes u to complex) and a complex add
         torch.view_as_real(x).addcmul_(u[..., None, None], dB_re_im)
         return 2 * (C * x).sum(-1).real + self.D * u, x
+
+    def rollout_begin(self, x0: torch.Tensor, window: int = 16) -> "S4DWindow":
+        """Imagination state that replaces the (B, H, N/2) complex state by its convolution form.
+
+        Inside a window of L steps that starts from state x0, with u_0..u_j the inputs so far:
+            y_j = 2 Re(sum_n C_n dA_n^(j+1) x0_n) + sum_{s<=j} K_{j-s} u_s + D u_j
+        (K as in convolution mode). The first term (the "free" response, (B, H, L)) is one matmul
+        per window; the second reads the window's inputs (B, H, <=L). A full window is folded back
+        into a complex state (one matmul), which starts the next window. A rollout then never
+        reads, writes or backpropagates through the big (B, H, N/2) complex state at every step;
+        its outputs equal `step`'s to rounding (the powers dA^t come from exp(t dt A)). Short
+        rollouts (the actor-critic's 15 steps) fit in one window.
+        """
+        dtA, dA, dB, C = self.discrete()  # once per rollout
+        L, N2 = window, dA.shape[1]
+        V = vandermonde(dtA, L + 1)  # (H, 2 N2, L+1) [Re; Im] dA^t, t = 0..L
+        dAt = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, L+1)
+        k = 2 * (C[..., None] * dB[..., None] * dAt[..., :L]).sum(1).real  # (H, L) K_0..K_{L-1}
+        k = torch.cat([k[:, :1] + self.D[:, None], k[:, 1:]], 1)  # D u_j joins lag 0
+        w_free = re_weights((2 * C[..., None] * dAt[..., 1:]).transpose(1, 2))  # (H, L, 2 N2)
+        # fold: x_L = dA^L x0 + sum_s dB dA^(L-1-s) u_s; row s of w_fold weighs u_s, [Re, Im] pairs
+        w_fold = torch.view_as_real((dB[..., None] * dAt[..., :L]).flip(-1).transpose(1, 2))
+        consts = (k.flip(-1), w_free.transpose(1, 2), w_fold.reshape(dA.shape[0], L, 2 * N2), dAt)
+        return S4DWindow(x0, consts)
+
+    @staticmethod
+    def rollout_end(state: "S4DWindow") -> torch.Tensor:
+        """The plain complex state (B, H, N/2) after a rollout's last step."""
+        return state.folded()
 
     def forward_reference(self, u, is_first, x0):
         """Slow reference for tests: y (B, T, H) and every state (B, T, H, N/2) from a loop of `step`."""

@@ -110,6 +110,14 @@ class SSMStack(SequenceCore):
     def step_params(self) -> list:
         return [layer.step_params() for layer in self.layers]
 
+    def rollout_begin(self, state):
+        return [layer.rollout_begin(x) if hasattr(layer, "rollout_begin") else x
+                for layer, x in zip(self.layers, state)]
+
+    def rollout_end(self, state):
+        return [layer.rollout_end(x) if hasattr(layer, "rollout_end") else x
+                for layer, x in zip(self.layers, state)]
+
     def step(self, g: torch.Tensor, state, is_first: torch.Tensor | None = None, params=None):
         B, D = g.shape
         assert D == self.d_model, g.shape
