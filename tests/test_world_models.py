@@ -132,7 +132,8 @@ def test_imagine_with_cached_params_equals_plain_steps(backbone):
     grads = [torch.autograd.grad(f.square().sum(), [starts["h"], *wm.parameters()],
                                  allow_unused=True) for f in (fast, plain)]
     for a, b in zip(*grads):
-        assert (a is None and b is None) or torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        # float32 rounding relative to the tensor's scale (the float64 identity is test_ssm_cores)
+        assert (a is None and b is None) or (a - b).abs().max() <= 1e-4 * a.abs().max() + 1e-7
 
 
 def moving_square(B, T, seed):
