@@ -238,7 +238,8 @@ class S4D(nn.Module):
              params=None):
         """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x. params: step_params() or None."""
         if isinstance(x, S4DWindow):
-            assert is_first is None, "a rollout window does not reset (imagination only)"
+            if is_first is not None:
+                raise ValueError("an S4D rollout window does not reset: imagination only")
             return x.step(u)
         if is_first is not None:
             x = torch.where(is_first[:, None, None], torch.zeros_like(x), x)
