@@ -119,10 +119,10 @@ def main(argv=None) -> None:
     where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
     lines = [f"# Learning: {args.task}, {args.steps} env steps, configs {' '.join(args.configs)}",
              "", f"Machine: {where}; commit {info['commit']}; {time.strftime('%Y-%m-%d')}. "
-             f"Random policy return: {baseline:.1f}", "",
+             f"Random policy return: {baseline:.4g} ({args.random_episodes} episodes)", "",
              "| backbone | seed | last eval at step | final eval return | best eval return | wall time (this call) |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {b} | {s} | {n} | {f:.1f} | {m:.1f} | {w / 60:.1f} min |" for b, s, n, f, m, w in table]
+    lines += [f"| {b} | {s} | {n} | {f:.4g} | {m:.4g} | {w / 60:.1f} min |" for b, s, n, f, m, w in table]
     (out / "learning.md").write_text("\n".join(lines) + "\n")
     (out / "learning.json").write_text(json.dumps(
         {"task": args.task, "random_return": baseline,
