@@ -13,7 +13,6 @@ Only rank 0 evaluates and writes logs, videos and checkpoints; every rank resume
 """
 from __future__ import annotations
 
-import signal
 import sys
 import time
 
@@ -22,7 +21,7 @@ import torch
 
 from agent.agent import build_agent
 from agent.loop import Collector, evaluate, openloop_video
-from common import checkpoint, dist
+from common import checkpoint, dist, interrupt
 from common.cli import fail, parse, prepare_logdir
 from common.logger import Logger
 from common.schedule import Every, Ratio
@@ -47,15 +46,8 @@ def offline_name(config) -> str:
         fail(str(e))
 
 
-def _stop(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> None:
-    # Ctrl-C and SIGTERM (e.g. a cluster's pre-emption) both end in a checkpoint. Installed
-    # explicitly: a process started in the background inherits SIGINT as ignored.
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    interrupt.install()  # Ctrl-C and SIGTERM end in a checkpoint at the loop's next safe point
     config = parse(sys.argv[1:] if argv is None else argv)
     try:
         parse_task(config.task)  # an unknown task fails here in one line, not inside a worker
@@ -144,6 +136,7 @@ def run(config, device) -> None:
     progress = collector.progress(step) if config.run.progress and main_rank else None
     try:
         while step < config.steps:
+            interrupt.check()
             # 1. collect: one step in every env worker of every rank (random policy until prefill)
             random_policy = step < prefill
             step += collector.step(agent, random_policy, logger) * ranks
@@ -156,6 +149,7 @@ def run(config, device) -> None:
             if ready:
                 due, pretrain = ratio(step - prefill) + pretrain, 0
                 for _ in range(due):
+                    interrupt.check()
                     batch, reset = collector.sample(B, T)
                     metrics, carried, ok = agent.update(batch, carried, reset)
                     bad_updates = 0 if ok else bad_updates + 1

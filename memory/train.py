@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from agent.agent import to_torch
-from common import checkpoint, dist
+from common import checkpoint, dist, interrupt
 from common.cli import fail, prepare_logdir
 from common.config import ConfigError
 from common.logger import Logger, openloop_grid
@@ -201,6 +201,7 @@ def run(config, name: str, device) -> None:
     timer = (time.time(), updates)
     try:
         while updates < o.updates:
+            interrupt.check()  # a Ctrl-C / SIGTERM stops here and saves (common/interrupt.py)
             rows = draw_rows(train, np.random.default_rng([config.seed, updates, dist.rank()]), B, window)
             metrics, ok = trainer.update(rows)
             updates += 1
