@@ -123,7 +123,7 @@ def test_rollout_form_equals_plain_steps(name):
     outs = {}
     for form in ("plain", "rollout"):
         params = m.step_params()
-        state, hs = (s0 if form == "plain" else m.rollout_begin(s0)), []
+        state, hs = (s0 if form == "plain" else m.rollout_begin(s0, params)), []
         if form == "rollout" and name == "s4":  # the fast path is really taken
             assert all(isinstance(x, S4DWindow) for x in state)
         for t in range(steps):

@@ -65,8 +65,9 @@ class WorldModel(nn.Module):
         valid until the next parameter update. None: nothing to cache."""
         return None
 
-    def img_begin(self, state: dict) -> dict:
-        """The start state in the form img_step runs fastest on (see SequenceCore.rollout_begin)."""
+    def img_begin(self, state: dict, params=None) -> dict:
+        """The start state in the form img_step runs fastest on (see SequenceCore.rollout_begin);
+        params: img_params() of the same rollout, or None."""
         return state
 
     def img_end(self, state: dict) -> dict:
@@ -117,8 +118,8 @@ class WorldModel(nn.Module):
         """Roll the prior forward `horizon` steps with actions from `policy(feat) -> action`
         (or from a tensor of actions (N, H, A)). Returns 'feat' (N, H+1, F), 'action' (N, H, A)
         where action_t is taken in state t and leads to state t+1, and the final 'state'."""
-        state, feats, acts = self.img_begin(start), [self.feat(start)], []
         params = self.img_params()  # once per rollout: the parameters do not change inside it
+        state, feats, acts = self.img_begin(start, params), [self.feat(start)], []
         for t in range(horizon):
             action = policy[:, t] if torch.is_tensor(policy) else policy(feats[-1])
             state = self.img_step(state, action, params)
@@ -185,8 +186,8 @@ class LatentSSMWorldModel(WorldModel):
     def img_params(self):
         return self.core.step_params()
 
-    def img_begin(self, state):
-        return {**state, "core": self.core.rollout_begin(state["core"])}
+    def img_begin(self, state, params=None):
+        return {**state, "core": self.core.rollout_begin(state["core"], params)}
 
     def img_end(self, state):
         return {**state, "core": self.core.rollout_end(state["core"])}

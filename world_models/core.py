@@ -49,9 +49,10 @@ class SequenceCore(nn.Module):
         params: from step_params() (the same values `step` would recompute), or None."""
         raise NotImplementedError
 
-    def rollout_begin(self, state):
+    def rollout_begin(self, state, params=None):
         """The state a rollout (imagination) steps from, which may take a faster form than the
-        stored state (S4: the convolution form, see S4D.rollout_begin). Identity by default."""
+        stored state (S4: the convolution form, see S4D.rollout_begin). params: step_params() of
+        the same rollout, or None. Identity by default."""
         return state
 
     def rollout_end(self, state):

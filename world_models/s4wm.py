@@ -230,9 +230,10 @@ class S4D(nn.Module):
         return y.transpose(1, 2), final, at.reshape(-1, H, at.shape[-1])  # (B*K, H, N2) b-major
 
     def step_params(self):
-        """dA (H, N/2) complex, [Re, Im] of dB (H, N/2, 2) real and C (H, N/2) complex, for `step`."""
-        _, dA, dB, C = self.discrete()
-        return dA, torch.view_as_real(dB), C
+        """dA (H, N/2) complex, [Re, Im] of dB (H, N/2, 2) real and C (H, N/2) complex, for `step`;
+        dt A (H, N/2) complex as well, for `rollout_begin`."""
+        dtA, dA, dB, C = self.discrete()
+        return dA, torch.view_as_real(dB), C, dtA
 
     def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None,
              params=None):
@@ -243,14 +244,14 @@ class S4D(nn.Module):
             return x.step(u)
         if is_first is not None:
             x = torch.where(is_first[:, None, None], torch.zeros_like(x), x)
-        dA, dB_re_im, C = self.step_params() if params is None else params
+        dA, dB_re_im, C, _ = self.step_params() if params is None else params
         x = dA * x  # (B, H, N2)
         # + dB u as a real multiply-add on the [Re, Im] view, in place on the fresh product: about
         # 2x faster on CPU than complex dB * u (which promotes u to complex) and a complex add
         torch.view_as_real(x).addcmul_(u[..., None, None], dB_re_im)
         return 2 * (C * x).sum(-1).real + self.D * u, x
 
-    def rollout_begin(self, x0: torch.Tensor, window: int = 16) -> "S4DWindow":
+    def rollout_begin(self, x0: torch.Tensor, params=None, window: int = 16) -> "S4DWindow":
         """Imagination state that replaces the (B, H, N/2) complex state by its convolution form.
 
         Inside a window of L steps that starts from state x0, with u_0..u_j the inputs so far:
@@ -260,9 +261,10 @@ class S4D(nn.Module):
         into a complex state (one matmul), which starts the next window. A rollout then never
         reads, writes or backpropagates through the big (B, H, N/2) complex state at every step;
         its outputs equal `step`'s to rounding (the powers dA^t come from exp(t dt A)). Short
-        rollouts (the actor-critic's 15 steps) fit in one window.
+        rollouts (the actor-critic's 15 steps) fit in one window. params: step_params() or None.
         """
-        dtA, dA, dB, C = self.discrete()  # once per rollout
+        dA, dB_re_im, C, dtA = self.step_params() if params is None else params
+        dB = torch.view_as_complex(dB_re_im)
         L, N2 = window, dA.shape[1]
         V = vandermonde(dtA, L + 1)  # (H, 2 N2, L+1) [Re; Im] dA^t, t = 0..L
         dAt = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, L+1)

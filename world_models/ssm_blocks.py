@@ -110,9 +110,10 @@ class SSMStack(SequenceCore):
     def step_params(self) -> list:
         return [layer.step_params() for layer in self.layers]
 
-    def rollout_begin(self, state):
-        return [layer.rollout_begin(x) if hasattr(layer, "rollout_begin") else x
-                for layer, x in zip(self.layers, state)]
+    def rollout_begin(self, state, params=None):
+        params = params if params is not None else [None] * len(self.layers)
+        return [layer.rollout_begin(x, p) if hasattr(layer, "rollout_begin") else x
+                for layer, x, p in zip(self.layers, state, params)]
 
     def rollout_end(self, state):
         return [layer.rollout_end(x) if hasattr(layer, "rollout_end") else x
