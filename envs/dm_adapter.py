@@ -40,6 +40,10 @@ class DmEnv(gymnasium.Env):
     def _dm_action(self, action):
         return action
 
+    def _info(self, time_step: dm_env.TimeStep) -> dict:
+        """The info dict of reset/step (default: empty)."""
+        return {}
+
     # --- gymnasium API ------------------------------------------------------------------------
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -48,7 +52,7 @@ class DmEnv(gymnasium.Env):
         with gl_errors(self._name):  # the first MuJoCo render happens here
             time_step = self._env.reset()
             self._last_image = self._image(time_step)
-        return {"image": self._last_image}, {}
+        return {"image": self._last_image}, self._info(time_step)
 
     def step(self, action):
         time_step = self._env.step(self._dm_action(action))
@@ -58,7 +62,7 @@ class DmEnv(gymnasium.Env):
         reward = float(time_step.reward or 0.0)
         if not self.skip_image or last:
             self._last_image = self._image(time_step)
-        return {"image": self._last_image}, reward, terminated, truncated, {}
+        return {"image": self._last_image}, reward, terminated, truncated, self._info(time_step)
 
     def close(self):
         self._env.close()

@@ -5,6 +5,14 @@ numpy 2). Observation {'image': uint8 (S, S, 3)} with the target colour drawn as
 as in the paper's image-only setting; actions OneHot(6): noop, forward, left, right,
 forward+left, forward+right. Control runs at 4 Hz; episodes last 1000/2000/3000/4000 steps by
 size and end truncated, never terminated. Reward +1 per target reached.
+
+`MemoryMaze(..., global_obs=True)` (the offline probing datasets, memory/collect.py) also returns the
+hidden state in `info` at reset and every step, in memory_maze's conventions: `maze_layout` uint8
+(S, S), 1 = free cell, row 0 at the bottom (layout[y, x]); `agent_pos` (2,) in cell units, (0, 0)
+the bottom-left corner (cell (x, y) spans [x, x+1) x [y, y+1)); `agent_dir` (2,) unit heading
+vector; `targets_pos` (K, 2) object positions, same units; `targets_vec` (K, 2) object positions
+relative to the agent in its own frame: (distance to its right, distance ahead). The image is the
+same as without it.
 """
 from __future__ import annotations
 
@@ -21,6 +29,8 @@ from envs.wrappers import OneHotAction
 
 SIZES = ("9x9", "11x11", "13x13", "15x15")
 ACTION_REPEAT = 1  # the task already acts at 4 Hz
+STEPS = {"9x9": 1000, "11x11": 2000, "13x13": 3000, "15x15": 4000}  # agent steps per episode
+STATE_KEYS = ("maze_layout", "agent_pos", "agent_dir", "targets_pos", "targets_vec")
 
 
 def names() -> list[str]:
@@ -35,7 +45,7 @@ def make(name: str, *, seed: int, image_size: int, fast_render: bool) -> gymnasi
     return OneHotAction(MemoryMaze(name, seed=seed, image_size=image_size))
 
 
-def _build(size: str, seed: int, image_size: int):
+def _build(size: str, seed: int, image_size: int, global_obs: bool = False):
     # `import memory_maze` imports the old gym, which prints a deprecation notice to stderr; we only
     # use memory_maze's dm_env tasks, never gym.
     with contextlib.redirect_stderr(io.StringIO()):
@@ -45,7 +55,8 @@ def _build(size: str, seed: int, image_size: int):
     if not any(isinstance(f, _NoFreeJointFilter) for f in absl.filters):
         absl.addFilter(_NoFreeJointFilter())
     factory = getattr(tasks, f"memory_maze_{size}")
-    return factory(seed=seed, image_only_obs=True, camera_resolution=image_size)
+    return factory(seed=seed, image_only_obs=not global_obs, global_observables=global_obs,
+                   camera_resolution=image_size)
 
 
 class _NoFreeJointFilter(logging.Filter):
@@ -60,10 +71,11 @@ class MemoryMaze(DmEnv):
     """One memory maze. reset(seed=s) rebuilds the task, because the maze layouts come from a
     labmaze generator that is seeded only at construction."""
 
-    def __init__(self, size: str, *, seed: int, image_size: int):
-        self._size, self._image_size = size, image_size
+    def __init__(self, size: str, *, seed: int, image_size: int, global_obs: bool = False):
+        self._size, self._image_size, self._global = size, image_size, global_obs
         self._built_seed, self._fresh = seed, True
-        super().__init__(_build(size, seed, image_size), image_size, name=f"memorymaze_{size}")
+        self.state: dict[str, np.ndarray] = {}  # global_obs: the latest hidden state (module docstring)
+        super().__init__(_build(size, seed, image_size, global_obs), image_size, name=f"memorymaze_{size}")
         self.action_space = gymnasium.spaces.Discrete(int(self._env.action_spec().num_values))
 
     def reset(self, *, seed=None, options=None):
@@ -75,10 +87,16 @@ class MemoryMaze(DmEnv):
         if self._fresh and seed == self._built_seed:
             return  # built with this seed and not reset yet: building again (~5 s) gives the same env
         self._env.close()
-        self._env, self._built_seed = _build(self._size, seed, self._image_size), seed
+        self._env, self._built_seed = _build(self._size, seed, self._image_size, self._global), seed
 
     def _image(self, time_step) -> np.ndarray:
-        return time_step.observation
+        return time_step.observation["image"] if self._global else time_step.observation
+
+    def _info(self, time_step) -> dict:
+        if not self._global:
+            return {}
+        self.state = {k: np.array(time_step.observation[k]) for k in STATE_KEYS}
+        return dict(self.state)
 
     def _dm_action(self, action):
         return int(action)

@@ -4,7 +4,7 @@ episodes of scripted policies): one .npz file per episode.
     python -m memory.collect --configs four_rooms [--memory.episodes 100 --memory.workers 2 ...]
 
 Blocks (configs.yaml): two_rooms, four_rooms, ten_rooms, two_rooms_teleport, four_rooms_teleport,
-ten_rooms_teleport, distracting_memory, multi_doors_keys; keys: the `memory` section, `seed`,
+ten_rooms_teleport, distracting_memory, multi_doors_keys, memory_maze_probe; keys: the `memory` section, `seed`,
 `env.image_size` and `run.progress`.
 
 Files: <out>/episode-<i:06d>.npz, written atomically (temp file + fsync + rename, as replay chunks
@@ -30,6 +30,10 @@ Arrays, one row per frame t < T, in the replay buffer's alignment (replay/buffer
   distracting_memory: cue int8 (T,), reward_step bool (T,) (an end square is reached: the step
                       whose reward is scored), cell int16 (T, 2)
   multi_doors_keys:   held bool (T, 8), door_open bool (T, K), door_color int8 (T, K), cell int16 (T, 2)
+  memory_maze:        maze_layout uint8 (T, S, S), agent_pos float32 (T, 2), agent_dir float32 (T, 2),
+                      targets_pos float32 (T, K, 2), targets_vec float32 (T, K, 2) (memory_maze's
+                      conventions: envs/memorymaze.py; the probing targets of memory/probe.py);
+                      phase as for rooms (context, then query)
 """
 from __future__ import annotations
 
@@ -47,17 +51,20 @@ from common.config import ConfigError
 from envs import env_seed
 from envs.headless import gl_errors
 from memory.grid_policies import DistractingPolicy, DoorsKeysPolicy
-from memory.policies import RoomsPolicy
+from memory.policies import MazePolicy, RoomsPolicy
 from replay.storage import write_atomic
 
-ENVS = ("rooms", "distracting_memory", "multi_doors_keys")
+ENVS = ("rooms", "distracting_memory", "multi_doors_keys", "memory_maze")
 ROOM_WORDS = {2: "two", 4: "four", 10: "ten"}
 EXTRAS = {"room": np.int16, "pose": np.float32, "teleport_source": np.int32, "cue": np.int8,
-          "reward_step": bool, "cell": np.int16, "held": bool, "door_open": bool, "door_color": np.int8}
+          "reward_step": bool, "cell": np.int16, "held": bool, "door_open": bool, "door_color": np.int8,
+          "maze_layout": np.uint8, "agent_pos": np.float32, "agent_dir": np.float32,
+          "targets_pos": np.float32, "targets_vec": np.float32}
 INFO_KEY = {"reward_step": "reached"}  # dataset key -> env info key, where they differ
 KEYS_OF = {"rooms": ("room", "pose", "teleport_source"),
            "distracting_memory": ("cue", "reward_step", "cell"),
-           "multi_doors_keys": ("held", "door_open", "door_color", "cell")}
+           "multi_doors_keys": ("held", "door_open", "door_color", "cell"),
+           "memory_maze": ("maze_layout", "agent_pos", "agent_dir", "targets_pos", "targets_vec")}
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,7 @@ class Spec:
     query: int
     noise: float
     image_size: int
+    maze: str = ""    # memory_maze: 9x9 | 11x11 | 13x13 | 15x15
     version: int = 1  # of this file format
 
     @classmethod
@@ -84,18 +92,27 @@ class Spec:
         for key in ("width", "keys", "context", "query", "episodes", "workers"):
             if m[key] < 1:
                 raise ConfigError(f"config key 'memory.{key}' must be >= 1, got {m[key]}")
+        if m.env == "memory_maze":
+            from envs.memorymaze import SIZES, STEPS
+            if m.maze not in SIZES:
+                raise ConfigError(f"config key 'memory.maze' has unknown value {m.maze!r} (choices: {', '.join(SIZES)})")
+            if m.context + m.query > STEPS[m.maze] + 1:
+                raise ConfigError(f"memory.context + memory.query must be at most {STEPS[m.maze] + 1} "
+                                  f"(a {m.maze} memory maze episode), got {m.context + m.query}")
         # Keys an env ignores are normalised, so they never make two equal datasets differ.
         rooms_env, dm = m.env == "rooms", m.env == "distracting_memory"
         return cls(m.env, m.rooms if rooms_env else 0, m.teleport and rooms_env,
                    m.width if dm else 0, m.keys if m.env == "multi_doors_keys" else 0,
                    0 if dm else m.context, 0 if dm else m.query, 0.0 if dm else m.noise,
-                   config.env.image_size)
+                   config.env.image_size, m.maze if m.env == "memory_maze" else "")
 
     @property
     def name(self) -> str:
         """Default folder name, e.g. 'four_rooms_teleport', 'distracting_memory_100'."""
         if self.env == "rooms":
             return f"{ROOM_WORDS[self.rooms]}_rooms" + ("_teleport" if self.teleport else "")
+        if self.env == "memory_maze":
+            return f"memory_maze_{self.maze}"
         return f"{self.env}_{self.width if self.env == 'distracting_memory' else self.keys}"
 
     def build(self):
@@ -105,6 +122,10 @@ class Spec:
             with gl_errors("rooms"):
                 return rooms.build(self.rooms, context=self.context, query=self.query,
                                    teleport=self.teleport, image_size=self.image_size)
+        if self.env == "memory_maze":
+            from envs import memorymaze
+            from envs.wrappers import OneHotAction
+            return OneHotAction(memorymaze.MemoryMaze(self.maze, seed=0, image_size=self.image_size, global_obs=True))
         from envs import gridmemory
         if self.env == "distracting_memory":
             return gridmemory.build_distracting(self.width, max_steps=3 * self.width + 30, image_size=self.image_size)
@@ -115,6 +136,8 @@ class Spec:
             return RoomsPolicy(inner, rng, self.noise)
         if self.env == "distracting_memory":
             return DistractingPolicy(inner, rng)
+        if self.env == "memory_maze":
+            return MazePolicy(inner, rng, self.noise)
         return DoorsKeysPolicy(inner, rng, self.context + self.query, self.noise)
 
 
@@ -127,7 +150,7 @@ def run_episode(env, spec: Spec, seed: int) -> dict[str, np.ndarray]:
     steps = [(obs["image"], no_action, 0.0, info)]
     length = spec.context + spec.query if spec.env != "distracting_memory" else None
     terminated = truncated = False
-    while not (terminated or truncated):
+    while not (terminated or truncated) and (length is None or len(steps) < length):
         action = env.action_space.from_index(policy.act())
         obs, reward, terminated, truncated, info = env.step(action)
         if info.get("teleport_source", -1) >= 0:
@@ -182,8 +205,9 @@ def check_folder(out: str, spec: Spec, seed: int) -> None:
     if os.path.exists(path):
         with open(path) as f:
             saved = YAML(typ="safe").load(f) or {}
+        defaults = asdict(Spec("", 0, False, 0, 0, 0, 0, 0.0, 0))  # keys added later: older files lack them
         for key in sorted(set(saved) | set(meta)):
-            if saved.get(key) != meta.get(key):
+            if saved.get(key, defaults.get(key)) != meta.get(key):
                 raise ConfigError(f"{out} holds a dataset with {key}={saved.get(key)!r} but this command "
                                  f"gives {key}={meta.get(key)!r}: use another --memory.out or the same settings")
         return

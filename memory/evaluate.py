@@ -11,6 +11,8 @@ query frames, which are observed too (teleport variants: the model is shown wher
     distracting memory        reward accuracy at the recorded decision step, (a) 'inference': the
                               whole episode observed, (b) 'imagination': the context observed, the
                               rest imagined; plus gen_mse of the imagined frames
+    memory maze               as rooms, plus the offline probes of memory/probe.py (wall layout
+                              accuracy, object position error; fitted on training episodes)
 
 Formulas: memory/metrics.py. Everything here runs under no_grad in chunks of `chunk` steps, so an
 episode of any length fits in memory.
@@ -125,14 +127,24 @@ def evaluate_rewards(wm, episodes: list[dict], *, chunk: int, device) -> tuple[d
 
 
 def evaluate(wm, episodes: list[dict], env: str, *, query_observe: int, batch: int, chunk: int,
-             device, teleport: bool = False) -> tuple[dict, dict, np.ndarray]:
-    """Dispatch on the dataset's env (memory.env). Returns (summary, curves, video prediction)."""
+             device, teleport: bool = False, probe_train: list[dict] | None = None,
+             probe_updates: int = 2000, seed: int = 0) -> tuple[dict, dict, np.ndarray]:
+    """Dispatch on the dataset's env (memory.env). Returns (summary, curves, video prediction).
+    Memory maze: the probes are fitted on `probe_train` (required there)."""
     was_training = wm.training
     wm.eval()
     try:
         if env == "distracting_memory":
             return evaluate_rewards(wm, episodes, chunk=chunk, device=device)
-        return evaluate_frames(wm, episodes, query_observe=query_observe, batch=batch, chunk=chunk,
-                               device=device, revisit=teleport)
+        summary, curves, video = evaluate_frames(wm, episodes, query_observe=query_observe, batch=batch,
+                                                 chunk=chunk, device=device, revisit=teleport)
+        if env == "memory_maze":
+            from memory.probe import evaluate_probes  # imports this module
+            if not probe_train:
+                raise ValueError("memory maze evaluation needs training episodes for the probes")
+            more, probe_curves = evaluate_probes(wm, probe_train, episodes, batch=batch, chunk=chunk,
+                                                 device=device, updates=probe_updates, seed=seed)
+            summary, curves = {**summary, **more}, {**curves, **probe_curves}
+        return summary, curves, video
     finally:
         wm.train(was_training)

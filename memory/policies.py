@@ -9,6 +9,8 @@ generator, and `act()` returns a discrete action index; `memory.collect` one-hot
                          end square at random
     DoorsKeysPolicy      (grid_policies.py) pick up keys / open doors at random times spread over
                          the episode, wander and revisit doors in between, with action noise
+    MazePolicy           (here) Memory Maze: drive to random free cells with action noise, as the
+                         memory-maze authors' offline datasets were collected
 """
 from __future__ import annotations
 
@@ -155,3 +157,74 @@ def _grid_path(free: np.ndarray, start: tuple, goal: tuple) -> list[tuple] | Non
                 previous[n] = cell
                 queue.append(n)
     return None
+
+
+MAZE_LEFT, MAZE_RIGHT, MAZE_FORWARD, MAZE_FORWARD_LEFT, MAZE_FORWARD_RIGHT = 2, 3, 1, 4, 5
+
+
+class MazePolicy:
+    """Waypoint driver for envs/memorymaze.py built with global_obs (actions: 0 noop, 1 forward,
+    2 left, 3 right, 4 forward+left, 5 forward+right; a left turn raises the heading angle).
+
+    Goal: a random free cell other than the current one; path: breadth-first search over the
+    maze layout's free cells (8-connected, no corner cutting), followed cell centre by cell centre.
+    Steering: turn in place when the heading is more than 40 degrees off the next centre, forward
+    with a turn beyond 12 degrees, else forward. With probability `noise` a uniformly random action
+    replaces the planned one; after three forward moves that did not move the agent, a short
+    random escape, then a new goal.
+    """
+
+    def __init__(self, env, rng: np.random.Generator, noise: float = 0.2):
+        self.env, self.rng, self.noise = env, rng, noise
+        self.plan: list[np.ndarray] = []  # cell centres (x, y)
+        self.escape: list[int] = []
+        self.last: np.ndarray | None = None
+        self.bumps = 0
+
+    def replan(self) -> None:
+        self.plan, self.escape, self.last = [], [], None
+
+    def act(self) -> int:
+        state = self.env.state
+        pos, heading = np.asarray(state["agent_pos"], float), np.asarray(state["agent_dir"], float)
+        if self.last is not None:  # the last action moved forward: did it move us?
+            self.bumps = self.bumps + 1 if np.linalg.norm(pos - self.last) < 0.01 else 0
+            if self.bumps >= 3:
+                turn = MAZE_LEFT + int(self.rng.integers(2))
+                self.escape = [turn] * int(self.rng.integers(3, 9)) + [MAZE_FORWARD] * 3
+                self.plan, self.bumps = [], 0
+        self.last = None
+        if self.escape:
+            action = self.escape.pop(0)
+        else:
+            while self.plan and np.linalg.norm(self.plan[0] - pos) < 0.3:
+                self.plan.pop(0)
+            if not self.plan:
+                self.plan = self._new_plan(state["maze_layout"], pos)
+            action = self._steer(pos, heading, self.plan[0])
+            if self.rng.random() < self.noise:
+                action = int(self.rng.integers(6))
+        if action in (MAZE_FORWARD, MAZE_FORWARD_LEFT, MAZE_FORWARD_RIGHT):
+            self.last = pos
+        return action
+
+    @staticmethod
+    def _steer(pos: np.ndarray, heading: np.ndarray, target: np.ndarray) -> int:
+        delta = target - pos
+        error = math.atan2(delta[1], delta[0]) - math.atan2(heading[1], heading[0])
+        error = (error + math.pi) % (2 * math.pi) - math.pi
+        if abs(error) > math.radians(40):
+            return MAZE_LEFT if error > 0 else MAZE_RIGHT
+        if abs(error) > math.radians(12):
+            return MAZE_FORWARD_LEFT if error > 0 else MAZE_FORWARD_RIGHT
+        return MAZE_FORWARD
+
+    def _new_plan(self, layout: np.ndarray, pos: np.ndarray) -> list[np.ndarray]:
+        free = np.asarray(layout, bool).T  # free[x, y]
+        here = (int(pos[0]), int(pos[1]))
+        cells = [tuple(c) for c in np.argwhere(free) if tuple(c) != here]
+        goal = cells[int(self.rng.integers(len(cells)))]
+        path = _grid_path(free, here, goal)
+        if path is None:  # off the free cells (cannot happen in a connected maze): nudge
+            return [pos + self.rng.uniform(-0.5, 0.5, 2)]
+        return [np.array(c) + 0.5 for c in path]

@@ -8,8 +8,8 @@ Each cell is an ordinary `main.py` offline run in <out>/<backbone>_seed<seed> (e
 arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones).
 The dataset is made once (memory.out, default datasets/<name>) and shared by every cell.
 Writes <out>/report.md (table: mean (+- std over seeds) of every eval/metrics.json summary value),
-<out>/report.json, <out>/<metric>.png (metric vs imagination step, one line per backbone; rooms and
-multi doors keys) and <out>/imagination.mp4 + imagination.png (episode 0 of the test set; columns:
+<out>/report.json, <out>/<metric>.png (metric vs imagination step, one line per backbone; rooms,
+multi doors keys and memory maze, which adds the probe scores vs the observed episode step) and <out>/imagination.mp4 + imagination.png (episode 0 of the test set; columns:
 truth, then each backbone's prediction and |error|; seed of the first listed seed).
 """
 from __future__ import annotations
@@ -24,9 +24,13 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CURVES = {"mse": "MSE per pixel (lower is better)", "psnr": "PSNR, dB (higher is better)",
-          "ssim": "SSIM (higher is better)"}
-LOWER_IS_BETTER = ("mse", "mse_sum", "recon_mse", "gen_mse", "gen_mse_sum", "gen_mse_revisit")
+CURVES = {  # metric -> (y label, x label)
+    "mse": ("MSE per pixel (lower is better)", "imagination step"),
+    "psnr": ("PSNR, dB (higher is better)", "imagination step"),
+    "ssim": ("SSIM (higher is better)", "imagination step"),
+    "wall_acc": ("probe: wall accuracy (higher is better)", "episode step (observed)"),
+    "object_mse": ("probe: object position error, cells² (lower is better)", "episode step (observed)"),
+}
 
 
 def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str]) -> float:
@@ -66,9 +70,9 @@ def table(results: dict[str, list[dict]]) -> list[str]:
 
 
 def _fmt(value: float, key: str) -> str:
-    if key.startswith("reward_acc"):
+    if key.startswith(("reward_acc", "probe_wall_acc")):
         return f"{100 * value:.1f}%"
-    if "mse_sum" in key or "psnr" in key:
+    if "mse_sum" in key or "psnr" in key or key.startswith("probe_object"):
         return f"{value:.2f}"
     return f"{value:.4f}"
 
@@ -78,7 +82,7 @@ def plot_curves(results: dict[str, list[dict]], title: str, out: pathlib.Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     written = []
-    for metric, label in CURVES.items():
+    for metric, (label, xlabel) in CURVES.items():
         series = {n: np.mean([r["curves"][metric] for r in rs], 0) for n, rs in results.items()
                   if rs and metric in rs[0]["curves"]}
         if not series:
@@ -86,7 +90,7 @@ def plot_curves(results: dict[str, list[dict]], title: str, out: pathlib.Path) -
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
         for name, values in series.items():
             ax.plot(np.arange(1, len(values) + 1), values, label=name, lw=1.2)
-        ax.set_xlabel("imagination step"), ax.set_ylabel(label), ax.set_title(title)
+        ax.set_xlabel(xlabel), ax.set_ylabel(label), ax.set_title(title)
         ax.grid(alpha=0.3), ax.legend()
         fig.tight_layout()
         fig.savefig(out / f"{metric}.png")

@@ -121,12 +121,15 @@ class Trainer:
         self.opt.load_state_dict(ckpt["opt"])
 
 
-def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: Logger, updates: int) -> dict:
+def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: Logger, updates: int,
+                   train: list[dict] | None = None) -> dict:
+    """Evaluate on `test`; memory maze probes are fitted on the first offline.probe_episodes of `train`."""
     o, m = config.offline, config.memory
     start = time.time()
     summary, curves, video = evaluation.evaluate(
         trainer.wm, test, m.env, query_observe=o.query_observe, batch=o.eval_batch,
-        chunk=config.train.seq_len, device=trainer.device, teleport=m.teleport and m.env == "rooms")
+        chunk=config.train.seq_len, device=trainer.device, teleport=m.teleport and m.env == "rooms",
+        probe_train=(train or [])[:o.probe_episodes], probe_updates=o.probe_updates, seed=config.seed)
     result = {"updates": updates, "backbone": config.backbone, "dataset": Spec.from_config(config).name,
               "test_episodes": len(test), "query_observe": o.query_observe, "summary": summary,
               "curves": curves, "seconds": time.time() - start}
@@ -219,7 +222,7 @@ def run(config, name: str, device) -> None:
             evaluated = updates % o.eval_every == 0
             if evaluated:
                 if main_rank:
-                    run_evaluation(config, trainer, test, logdir, logger, updates)
+                    run_evaluation(config, trainer, test, logdir, logger, updates, train)
                 last_eval = updates
             if updates % o.log_every == 0 or evaluated:
                 now = time.time()
@@ -231,7 +234,7 @@ def run(config, name: str, device) -> None:
             if updates % o.checkpoint_every == 0:
                 save()
         if last_eval != updates and main_rank:  # the final one (also when a finished run is rerun)
-            run_evaluation(config, trainer, test, logdir, logger, updates)
+            run_evaluation(config, trainer, test, logdir, logger, updates, train)
             logger.write(updates)
     except KeyboardInterrupt:
         print(f"interrupted at update {updates}: saving a checkpoint", file=sys.stderr)

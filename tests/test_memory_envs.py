@@ -250,3 +250,40 @@ def test_distracting_memory_distractors_vary_and_the_cue_leaves_view(hallway6):
         in_hallway = arrays["cell"][:, 0] >= 5
         assert in_hallway.any() and (np.abs(arrays["cell"][in_hallway, 0] - 2) > 2).all()
     assert len(set(hallways)) == 3  # distractors are drawn anew each episode
+
+
+def test_memory_maze_dataset_holds_the_probe_targets_and_the_policy_explores(tmp_path):
+    overrides = {"memory.episodes": "1", "memory.context": "60", "memory.query": "60"}
+    collect.collect(_config("memory_maze_probe", tmp_path / "a", **overrides))
+    collect.collect(_config("memory_maze_probe", tmp_path / "b", **overrides))
+    a, b = _load(tmp_path / "a"), _load(tmp_path / "b")
+    for key in a["episode-000000.npz"]:  # deterministic from the seed
+        np.testing.assert_array_equal(a["episode-000000.npz"][key], b["episode-000000.npz"][key], err_msg=key)
+    e = a["episode-000000.npz"]
+    T = 120
+    assert e["image"].shape == (T, 64, 64, 3) and e["maze_layout"].shape == (T, 9, 9)
+    assert e["targets_pos"].shape == e["targets_vec"].shape == (T, 3, 2)
+    assert (e["maze_layout"] == e["maze_layout"][0]).all() and np.bincount(e["phase"]).tolist() == [60, 60]
+    layout, pos, heading = e["maze_layout"][0], e["agent_pos"], e["agent_dir"]
+    assert all(layout[int(y), int(x)] == 1 for x, y in pos)  # layout[y, x], 1 = free, agent inside
+    np.testing.assert_allclose(np.linalg.norm(heading, axis=-1), 1, atol=1e-4)
+    rel = e["targets_pos"] - pos[:, None]  # (T, K, 2): targets_vec = (to the right, ahead)
+    right = np.stack([heading[:, 1], -heading[:, 0]], -1)[:, None]
+    np.testing.assert_allclose(e["targets_vec"][..., 0], (rel * right).sum(-1), atol=1e-3)
+    np.testing.assert_allclose(e["targets_vec"][..., 1], (rel * heading[:, None]).sum(-1), atol=1e-3)
+    # The waypoint driver moves through the maze: several cells, far from where it started.
+    assert len({(int(x), int(y)) for x, y in pos}) >= 6
+    assert np.linalg.norm(pos - pos[0], axis=-1).max() > 2.5
+    assert e["action"][1:].any(-1).all() and not e["action"][0].any()
+
+
+def test_datasets_written_before_a_spec_key_existed_still_load(tmp_path):
+    config = _config("distracting_memory", tmp_path, **{"memory.width": "4"})
+    spec = Spec.from_config(config)
+    collect.check_folder(str(tmp_path), spec, 0)
+    text = (tmp_path / "dataset.yaml").read_text()
+    assert "maze:" in text
+    (tmp_path / "dataset.yaml").write_text("".join(l for l in text.splitlines(True) if not l.startswith("maze:")))
+    collect.check_folder(str(tmp_path), spec, 0)  # the missing key takes its default
+    with pytest.raises(ConfigError, match="maze"):
+        collect.check_folder(str(tmp_path), Spec(**{**spec.__dict__, "maze": "9x9"}), 0)

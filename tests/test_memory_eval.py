@@ -197,3 +197,90 @@ def test_report_writes_table_plots_and_video(tmp_path):
     import imageio.v2 as imageio
     frame = imageio.mimread(out / "imagination.mp4", memtest=False)[0]
     assert frame.shape[:2] == (2 * 64, 3 * 64)  # truth + 2 backbones; predictions over errors
+
+
+# ---- Memory Maze offline probing (memory/probe.py) ------------------------------------------------
+def test_probe_scores_on_known_values():
+    from memory import probe
+    logits = np.array([[2.0, -1.0, 0.5, -3.0]])
+    walls = np.array([[1.0, 0.0, 0.0, 0.0]])
+    assert probe.wall_accuracy(logits, walls)[0] == pytest.approx(0.75)  # the 0.5 logit is wrong
+    pred = np.array([0.0, 0.0, 1.0, 1.0])  # two objects, (x, y) each
+    truth = np.array([3.0, 4.0, 1.0, 1.0])
+    assert probe.object_error(pred, truth) == pytest.approx((25 + 0) / 2)
+
+
+def test_probe_reads_what_the_features_hold_and_nothing_else():
+    from memory import probe
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 16, generator=gen)
+    w = torch.randn(16, 9, generator=gen)
+    walls = (x @ w > 0).float()  # (M, 9): linearly decodable from x
+    noise = torch.randn(3000, 16, generator=gen)  # features that hold nothing about the walls
+    for feats, low, high in ((x, 0.9, 1.0), (noise, 0.0, 0.62)):
+        p = probe.fit(feats[:2000], walls[:2000], probe.wall_loss, updates=400, batch=256, lr=3e-3, seed=0)
+        with torch.no_grad():
+            acc = probe.wall_accuracy(p(feats[2000:]).numpy(), walls[2000:].numpy()).mean()
+        assert low <= acc <= high, acc
+
+
+class _PlantedModel(torch.nn.Module):
+    """A stand-in world model whose feature at t is the first 81 pixels of frame t (red channel):
+    memory maze episodes with the layout painted there can be probed perfectly."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def initial_state(self, batch):
+        return {}
+
+    def encoder(self, image):  # (B, T, 64, 64, 3) uint8 -> (B, T, 81)
+        return image[..., :9, :9, 0].flatten(-2).float() / 255
+
+    def observe(self, embed, action, is_first, state):
+        return embed, state, None
+
+    def feat(self, out):
+        return out
+
+
+def _maze_episode(rng, T=6, K=3):
+    layout = (rng.random((9, 9)) < 0.6).astype(np.uint8)
+    image = np.zeros((T, 64, 64, 3), np.uint8)
+    image[:, :9, :9, 0] = layout * 255
+    return {"image": image, "action": np.zeros((T, 6), np.float32), "reward": np.zeros(T, np.float32),
+            "is_first": np.arange(T) == 0, "is_last": np.arange(T) == T - 1, "is_terminal": np.zeros(T, bool),
+            "maze_layout": np.repeat(layout[None], T, 0), "targets_vec": rng.normal(size=(T, K, 2)).astype(np.float32)}
+
+
+def test_probes_score_planted_features_against_the_baselines():
+    from memory import probe
+    rng = np.random.default_rng(0)
+    train = [_maze_episode(rng) for _ in range(400)]
+    test = [_maze_episode(rng) for _ in range(10)]
+    summary, curves = probe.evaluate_probes(_PlantedModel(), train, test, batch=16, chunk=4, device="cpu",
+                                            updates=300, lr=3e-3)
+    assert summary["probe_wall_acc"] > 0.97  # the layout is in the features
+    assert 0.4 < summary["probe_wall_acc_baseline"] < 0.8  # a random layout: the majority guess is poor
+    # The objects are not in the features: the probe cannot beat the mean by much.
+    assert summary["probe_object_mse"] > 0.8 * summary["probe_object_mse_baseline"]
+    assert len(curves["wall_acc"]) == len(curves["object_mse"]) == 6
+
+
+def test_memory_maze_probe_report_end_to_end(tmp_path):
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "memory.report", "--configs", "memory_maze_probe", "debug",
+           "--backbones", "s4wm", "--out", str(out), "--memory.out", str(tmp_path / "data"),
+           "--memory.context", "12", "--memory.query", "12", "--memory.episodes", "3",
+           "--offline.test_episodes", "1", "--offline.updates", "2", "--offline.probe_updates", "20"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads((out / "s4wm_seed0" / "eval" / "metrics.json").read_text())
+    s = result["summary"]
+    assert 0 <= s["probe_wall_acc"] <= 1 and 0 <= s["probe_wall_acc_baseline"] <= 1
+    assert s["probe_object_mse"] >= 0 and s["probe_object_mse_baseline"] >= 0 and "gen_mse" in s
+    assert len(result["curves"]["wall_acc"]) == 24 and len(result["curves"]["mse"]) == 12
+    for name in ("wall_acc.png", "object_mse.png", "mse.png", "imagination.mp4"):
+        assert (out / name).stat().st_size > 0
+    assert "probe_wall_acc" in (out / "report.md").read_text()
