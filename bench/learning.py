@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import subprocess
-import sys
 import time
 
 import numpy as np
+
+from common.cli import run_main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -90,17 +90,11 @@ def main(argv=None) -> None:
     for backbone in args.backbones.split(","):
         for seed in args.seeds.split(","):
             logdir = out / f"{backbone}_seed{seed}"
-            cmd = [sys.executable, "main.py", "--configs", *args.configs, backbone,
-                   "--task", args.task, "--steps", str(args.steps), "--seed", seed,
-                   "--logdir", str(logdir), "--run.progress", "false", *extra]
             start = time.time()
             if not args.no_run:
-                print("running:", " ".join(cmd), flush=True)
-                code = subprocess.run(cmd, cwd=ROOT).returncode
-                if code:
-                    print(f"error: the {backbone} seed {seed} run failed (exit {code}); its "
-                          f"message is above", file=sys.stderr)
-                    sys.exit(2)
+                run_main(["--configs", *args.configs, backbone, "--task", args.task,
+                          "--steps", str(args.steps), "--seed", seed, "--logdir", str(logdir),
+                          "--run.progress", "false", *extra], f"{backbone} seed {seed}", ROOT)
             walls[f"{backbone}_seed{seed}"] = time.time() - start if not args.no_run else float("nan")
             steps, values = read_curve(logdir)
             curves[f"{backbone} (seed {seed})"] = (steps, values)

@@ -13,6 +13,17 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def run_main(args: list[str], what: str, cwd) -> None:
+    """Run `python main.py *args` in `cwd` (a benchmark's cell: output goes to this terminal); if it
+    fails, one error line naming `what` and exit status 2 (its own message is above)."""
+    import subprocess
+    cmd = [sys.executable, "main.py", *args]
+    print("running:", " ".join(cmd), flush=True)
+    code = subprocess.run(cmd, cwd=cwd).returncode
+    if code:
+        fail(f"the {what} run failed (exit {code}); its message is above")
+
+
 def parse(argv: list[str], prog: str = "main.py",
           description: str = "Dreamer-style agent with a swappable world-model backbone."):
     """argv -> Config. `--configs a b c` picks blocks; every other `--key value` overrides a key."""

@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import subprocess
-import sys
 import time
 
 import numpy as np
+
+from common.cli import run_main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CURVES = {  # metric -> (y label, x label)
@@ -34,15 +34,9 @@ CURVES = {  # metric -> (y label, x label)
 
 
 def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str]) -> float:
-    cmd = [sys.executable, "main.py", "--configs", *configs, backbone, "--seed", seed,
-           "--logdir", str(logdir), "--run.progress", "false", *extra]
-    print("running:", " ".join(cmd), flush=True)
     start = time.time()
-    code = subprocess.run(cmd, cwd=ROOT).returncode
-    if code:
-        print(f"error: the {backbone} seed {seed} run failed (exit {code}); its message is above",
-              file=sys.stderr)
-        sys.exit(2)
+    run_main(["--configs", *configs, backbone, "--seed", seed, "--logdir", str(logdir),
+              "--run.progress", "false", *extra], f"{backbone} seed {seed}", ROOT)
     return time.time() - start
 
 

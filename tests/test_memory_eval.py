@@ -284,3 +284,13 @@ def test_memory_maze_probe_report_end_to_end(tmp_path):
     for name in ("wall_acc.png", "object_mse.png", "mse.png", "imagination.mp4"):
         assert (out / name).stat().st_size > 0
     assert "probe_wall_acc" in (out / "report.md").read_text()
+
+
+def test_report_stops_with_one_line_when_a_cell_fails(tmp_path):
+    cmd = [sys.executable, "-m", "memory.report", "--configs", "multi_doors_keys", "debug",
+           "--backbones", "rssm", "--out", str(tmp_path / "report"), "--wm.no_such_key", "1"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert "no_such_key" in lines[0]  # main.py's own message, then the report's
+    assert lines[-1] == "error: the rssm seed 0 run failed (exit 2); its message is above"
