@@ -10,7 +10,9 @@ query frames, which are observed too (teleport variants: the model is shown wher
                               the context already showed (memory.metrics.revisit_mask)
     distracting memory        reward accuracy at the recorded decision step, (a) 'inference': the
                               whole episode observed, (b) 'imagination': the context observed, the
-                              rest imagined; plus gen_mse of the imagined frames
+                              rest imagined; plus gen_mse of the imagined frames, and [ours] cue
+                              colour probes at the first frame and the decision step (given
+                              training episodes: memory/probe.py)
     memory maze               as rooms, plus the offline probes of memory/probe.py (wall layout
                               accuracy, object position error; fitted on training episodes)
 
@@ -130,12 +132,18 @@ def evaluate(wm, episodes: list[dict], env: str, *, query_observe: int, batch: i
              device, teleport: bool = False, probe_train: list[dict] | None = None,
              probe_updates: int = 2000, seed: int = 0) -> tuple[dict, dict, np.ndarray]:
     """Dispatch on the dataset's env (memory.env). Returns (summary, curves, video prediction).
-    Memory maze: the probes are fitted on `probe_train` (required there)."""
+    Memory maze: the probes are fitted on `probe_train` (required there); Distracting Memory: the
+    cue probes, when `probe_train` is given."""
     was_training = wm.training
     wm.eval()
     try:
         if env == "distracting_memory":
-            return evaluate_rewards(wm, episodes, chunk=chunk, device=device)
+            summary, curves, video = evaluate_rewards(wm, episodes, chunk=chunk, device=device)
+            if probe_train:
+                from memory.probe import cue_scores  # imports this module
+                summary.update(cue_scores(wm, probe_train, episodes, chunk=chunk, device=device,
+                                          updates=probe_updates, seed=seed))
+            return summary, curves, video
         summary, curves, video = evaluate_frames(wm, episodes, query_observe=query_observe, batch=batch,
                                                  chunk=chunk, device=device, revisit=teleport)
         if env == "memory_maze":

@@ -17,6 +17,13 @@ the training episodes: the per-cell majority layout (`probe_wall_acc_baseline`) 
 relative position of each object (`probe_object_mse_baseline`). [ours] The memory-maze authors
 train the probe alongside the world model with the gradient stopped; we fit it after training on
 the frozen model, which is the same question asked of the final weights.
+
+Distracting Memory [ours]: the reward accuracy needs the cue remembered *and* compared with the
+colour stepped on, and stays at chance until both are learned. `cue_scores` separates perception
+from memory: a probe reads the cue colour (8 classes, cross-entropy) from the features of the first
+frame (the cue in view: `cue_acc_start`) and of the decision step (~width steps later:
+`cue_acc_decision`); chance is 1/8. What the first frame shows but the decision step has lost was
+forgotten.
 """
 from __future__ import annotations
 
@@ -71,11 +78,12 @@ def object_loss(pred: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, loss_fn, *, updates: int, batch: int, lr: float,
-        seed: int, units: int = 256, layers: int = 2) -> Probe:
-    """Train a Probe x (M, F) -> y (M, D) with Adam on random minibatches (deterministic in seed)."""
+        seed: int, units: int = 256, layers: int = 2, out_dim: int | None = None) -> Probe:
+    """Train a Probe x (M, F) -> y (M, D) (or class indices y (M,) with out_dim classes) with Adam
+    on random minibatches (deterministic in seed)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    probe = Probe(x.shape[-1], y.shape[-1], units, layers)
+    probe = Probe(x.shape[-1], out_dim or y.shape[-1], units, layers)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     for _ in range(updates):
         idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen)
@@ -121,3 +129,27 @@ def evaluate_probes(wm, train: list[dict], test: list[dict], *, batch: int, chun
                "probe_object_mse": float(err.mean()),
                "probe_object_mse_baseline": float(object_error(mean_pos, objects_te).mean())}
     return summary, {"wall_acc": acc.mean(0).tolist(), "object_mse": err.mean(0).tolist()}
+
+
+@torch.no_grad()
+def cue_scores(wm, train: list[dict], test: list[dict], *, chunk: int, device, updates: int = 2000,
+               lr: float = 1e-3, seed: int = 0) -> dict:
+    """Distracting Memory: cue colour probes at the first frame and at the decision step (module
+    docstring). Episodes differ in length, so features are taken one episode at a time."""
+    def at_start_and_decision(episodes):
+        start, decision = [], []
+        for e in episodes:
+            feat = features(wm, [e], batch=1, chunk=chunk, device=device)[0]  # (T, F)
+            start.append(feat[0])
+            decision.append(feat[int(np.argmax(e["reward_step"]))])
+        return torch.stack(start), torch.stack(decision), torch.tensor([int(e["cue"][0]) for e in episodes])
+
+    s_tr, d_tr, y_tr = at_start_and_decision(train)
+    s_te, d_te, y_te = at_start_and_decision(test)
+    scores = {}
+    for name, x_tr, x_te in (("cue_acc_start", s_tr, s_te), ("cue_acc_decision", d_tr, d_te)):
+        with torch.enable_grad():
+            p = fit(x_tr, y_tr, nn.functional.cross_entropy, updates=updates, batch=256, lr=lr,
+                    seed=seed, out_dim=8)
+        scores[name] = float((p(x_te).argmax(-1) == y_te).float().mean())
+    return scores

@@ -294,3 +294,47 @@ def test_report_stops_with_one_line_when_a_cell_fails(tmp_path):
     lines = res.stderr.strip().splitlines()
     assert "no_such_key" in lines[0]  # main.py's own message, then the report's
     assert lines[-1] == "error: the rssm seed 0 run failed (exit 2); its message is above"
+
+
+class _CarryModel(_PlantedModel):
+    """_PlantedModel that keeps the running maximum of its features over time (carried across
+    chunks in its state): a perfect memory."""
+
+    def observe(self, embed, action, is_first, state):
+        if "max" in state:
+            embed = torch.cat([state["max"], embed], 1)
+        out = torch.cummax(embed, 1).values[:, -action.shape[1]:]
+        return out, {"max": out[:, -1:]}, None
+
+
+def _cue_episode(rng, T=8):
+    cue = int(rng.integers(8))
+    image = np.zeros((T, 64, 64, 3), np.uint8)
+    image[0, 0, cue, 0] = 255  # the cue shows in the first frame only
+    reward_step = np.arange(T) == T - 1
+    return {"image": image, "action": np.zeros((T, 3), np.float32), "reward": reward_step.astype(np.float32),
+            "is_first": np.arange(T) == 0, "is_last": reward_step, "is_terminal": reward_step,
+            "cue": np.full(T, cue, np.int8), "reward_step": reward_step}
+
+
+def test_cue_probes_tell_a_forgetting_model_from_a_remembering_one():
+    from memory import probe
+    rng = np.random.default_rng(0)
+    train = [_cue_episode(rng) for _ in range(200)]
+    test = [_cue_episode(rng) for _ in range(40)]
+    forgets = probe.cue_scores(_PlantedModel(), train, test, chunk=4, device="cpu", updates=200, lr=3e-3)
+    remembers = probe.cue_scores(_CarryModel(), train, test, chunk=4, device="cpu", updates=200, lr=3e-3)
+    assert forgets["cue_acc_start"] == remembers["cue_acc_start"] == 1.0  # both see the cue
+    assert remembers["cue_acc_decision"] == 1.0
+    assert forgets["cue_acc_decision"] < 0.35  # only chance (1/8) is left
+
+
+def test_offline_distracting_memory_end_to_end_scores_rewards_and_cue_probes(tmp_path):
+    args = ["--configs", "distracting_memory", "debug", "rssm", "--memory.out", str(tmp_path / "data"),
+            "--memory.width", "4", "--memory.episodes", "12", "--offline.test_episodes", "4",
+            "--offline.updates", "2", "--offline.probe_updates", "20"]
+    res = run_main(tmp_path, args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    s = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["summary"]
+    for key in ("reward_acc_inference", "reward_acc_imagination", "cue_acc_start", "cue_acc_decision"):
+        assert 0 <= s[key] <= 1 and s[key] * 4 == round(s[key] * 4), key  # fractions of 4 test episodes
