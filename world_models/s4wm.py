@@ -138,20 +138,21 @@ def _states_at(u, V, dA, dB, x0, is_first, pos):
 
 class S4DWindow:
     """An S4D layer's state during a rollout (see S4D.rollout_begin): the complex state x0 at the
-    window start, its free response over the window, and the inputs consumed since. Immutable:
-    `step` returns a new window, so autograd sees an ordinary graph."""
+    window start, its free response over the window, and the inputs consumed since. Immutable
+    (the free response is a cache filled by the first step): `step` returns a new window, so
+    autograd sees an ordinary graph."""
 
     __slots__ = ("x0", "consts", "free", "us")
 
     def __init__(self, x0, consts, free=None, us=()):
         self.x0, self.consts, self.us = x0, consts, us
-        if free is None:  # (B, H, L): 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
-            x_re = torch.cat([x0.real, x0.imag], -1).transpose(0, 1)  # (H, B, 2 N2)
-            free = torch.bmm(x_re, consts[1]).transpose(0, 1)  # (B, H, L)
-        self.free = free
+        self.free = free  # computed by the window's first step (a rollout may end on a fold)
 
     def step(self, u: torch.Tensor):
         """u (B, H) -> (y (B, H), next window state)."""
+        if self.free is None:  # (B, H, L): 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
+            x_re = torch.cat([self.x0.real, self.x0.imag], -1).transpose(0, 1)  # (H, B, 2 N2)
+            self.free = torch.bmm(x_re, self.consts[1]).transpose(0, 1)  # (B, H, L)
         k_flip, L = self.consts[0], self.free.shape[-1]
         us = self.us + (u,)
         j = len(us) - 1
