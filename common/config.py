@@ -38,7 +38,7 @@ MINIMUM = {
     "ac.units": 1, "run.eval_episodes": 1, "run.openloop_context": 1, "run.nan_patience": 1,
     "offline.updates": 0, "offline.window": 0, "offline.test_episodes": 1, "offline.query_observe": 0,
     "offline.eval_every": 1, "offline.eval_batch": 1, "offline.log_every": 1,
-    "offline.checkpoint_every": 1,
+    "offline.checkpoint_every": 1, "offline.probe_episodes": 0, "offline.probe_updates": 1,
 }
 
 

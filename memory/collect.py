@@ -149,8 +149,9 @@ def run_episode(env, spec: Spec, seed: int) -> dict[str, np.ndarray]:
     no_action = np.zeros(env.action_space.n, np.float32)
     steps = [(obs["image"], no_action, 0.0, info)]
     length = spec.context + spec.query if spec.env != "distracting_memory" else None
+    cut = length if spec.env == "memory_maze" else None  # its episodes outlast the dataset's
     terminated = truncated = False
-    while not (terminated or truncated) and (length is None or len(steps) < length):
+    while not (terminated or truncated) and (cut is None or len(steps) < cut):
         action = env.action_space.from_index(policy.act())
         obs, reward, terminated, truncated, info = env.step(action)
         if info.get("teleport_source", -1) >= 0:
@@ -208,7 +209,7 @@ def check_folder(out: str, spec: Spec, seed: int) -> None:
         defaults = asdict(Spec("", 0, False, 0, 0, 0, 0, 0.0, 0))  # keys added later: older files lack them
         for key in sorted(set(saved) | set(meta)):
             if saved.get(key, defaults.get(key)) != meta.get(key):
-                raise ConfigError(f"{out} holds a dataset with {key}={saved.get(key)!r} but this command "
+                raise ConfigError(f"{out} holds a dataset with {key}={saved.get(key, defaults.get(key))!r} but this command "
                                  f"gives {key}={meta.get(key)!r}: use another --memory.out or the same settings")
         return
     with open(path + ".tmp", "w") as f:

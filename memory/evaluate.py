@@ -11,7 +11,7 @@ query frames, which are observed too (teleport variants: the model is shown wher
     distracting memory        reward accuracy at the recorded decision step, (a) 'inference': the
                               whole episode observed, (b) 'imagination': the context observed, the
                               rest imagined; plus gen_mse of the imagined frames, and [ours] cue
-                              colour probes at the first frame and the decision step (given
+                              colour probes at the first frame and at the hallway's end (given
                               training episodes: memory/probe.py)
     memory maze               as rooms, plus the offline probes of memory/probe.py (wall layout
                               accuracy, object position error; fitted on training episodes)
@@ -141,8 +141,8 @@ def evaluate(wm, episodes: list[dict], env: str, *, query_observe: int, batch: i
             summary, curves, video = evaluate_rewards(wm, episodes, chunk=chunk, device=device)
             if probe_train:
                 from memory.probe import cue_scores  # imports this module
-                summary.update(cue_scores(wm, probe_train, episodes, chunk=chunk, device=device,
-                                          updates=probe_updates, seed=seed))
+                summary.update(cue_scores(wm, probe_train, episodes, batch=batch, chunk=chunk,
+                                          device=device, updates=probe_updates, seed=seed))
             return summary, curves, video
         summary, curves, video = evaluate_frames(wm, episodes, query_observe=query_observe, batch=batch,
                                                  chunk=chunk, device=device, revisit=teleport)

@@ -21,9 +21,13 @@ the frozen model, which is the same question asked of the final weights.
 Distracting Memory [ours]: the reward accuracy needs the cue remembered *and* compared with the
 colour stepped on, and stays at chance until both are learned. `cue_scores` separates perception
 from memory: a probe reads the cue colour (8 classes, cross-entropy) from the features of the first
-frame (the cue in view: `cue_acc_start`) and of the decision step (~width steps later:
-`cue_acc_decision`); chance is 1/8. What the first frame shows but the decision step has lost was
-forgotten.
+frame (the cue in view: `cue_acc_start`) and of the last frame before the end squares come into view
+(`cue_acc_hallway_end`: the agent ~width cells down the hallway; later frames show the end squares,
+one of them the cue's colour, which would narrow the guess to two without any memory). Chance is
+1/8 for both; what the first frame shows but the hallway end has lost was forgotten.
+
+Sizes: the training features kept for the probes are capped at MAX_ROWS frames (a frame stride per
+episode), so paper-scale datasets (200 episodes x 1001 frames x 1536 features) stay ~0.3 GB.
 """
 from __future__ import annotations
 
@@ -32,7 +36,12 @@ import torch
 from torch import nn
 
 from agent.agent import to_torch
+from envs.gridmemory import COLOURS
 from memory.evaluate import MODEL_KEYS, observe
+from memory.metrics import decision_step
+
+MAX_ROWS = 50_000  # training frames kept for fitting a probe
+VIEW = 2  # Distracting Memory: the agent-centred window reaches 2 cells to each side (5x5)
 
 
 def targets(episode: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -43,15 +52,23 @@ def targets(episode: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def features(wm, episodes: list[dict], *, batch: int, chunk: int, device) -> torch.Tensor:
-    """Posterior features of equally long episodes: (N, T, F) float32 on the CPU."""
+def features(wm, episodes: list[dict], *, batch: int, chunk: int, device, stride: int = 1) -> list[torch.Tensor]:
+    """Posterior features of each episode, every `stride`-th frame: [(ceil(T_i / stride), F)] float32
+    on the CPU. Episodes are observed `batch` at a time, the shorter ones padded at the end (the
+    models are causal: padding never changes an earlier feature), in chunks of `chunk` steps with
+    the state carried, as in training."""
     out = []
     for s in range(0, len(episodes), batch):
         group = episodes[s:s + batch]
-        data = to_torch({k: np.stack([e[k] for e in group]) for k in MODEL_KEYS}, device)
-        feat, _ = observe(wm, data, wm.initial_state(len(group)), chunk)
-        out.append(feat.float().cpu())
-    return torch.cat(out, 0)
+        T = max(len(e["image"]) for e in group)
+        data = to_torch({k: np.stack([_pad(e[k], T) for e in group]) for k in MODEL_KEYS}, device)
+        feat, _ = observe(wm, data, wm.initial_state(len(group)), chunk)  # (B, T, F)
+        out += [feat[i, :len(e["image"]):stride].float().cpu() for i, e in enumerate(group)]
+    return out
+
+
+def _pad(x: np.ndarray, T: int) -> np.ndarray:
+    return np.concatenate([x, np.zeros((T - len(x), *x.shape[1:]), x.dtype)]) if len(x) < T else x
 
 
 class Probe(nn.Module):
@@ -80,17 +97,19 @@ def object_loss(pred: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
 def fit(x: torch.Tensor, y: torch.Tensor, loss_fn, *, updates: int, batch: int, lr: float,
         seed: int, units: int = 256, layers: int = 2, out_dim: int | None = None) -> Probe:
     """Train a Probe x (M, F) -> y (M, D) (or class indices y (M,) with out_dim classes) with Adam
-    on random minibatches (deterministic in seed)."""
+    on random minibatches. Deterministic in seed; the global RNG is left as it was (the training
+    run's sampling continues undisturbed)."""
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    probe = Probe(x.shape[-1], out_dim or y.shape[-1], units, layers)
-    opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    for _ in range(updates):
-        idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen)
-        loss = loss_fn(probe(x[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(seed)  # the probe's initial weights
+        probe = Probe(x.shape[-1], out_dim or y.shape[-1], units, layers)
+        opt = torch.optim.Adam(probe.parameters(), lr=lr)
+        for _ in range(updates):
+            idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen)
+            loss = loss_fn(probe(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
     return probe.eval()
 
 
@@ -109,21 +128,20 @@ def evaluate_probes(wm, train: list[dict], test: list[dict], *, batch: int, chun
                     updates: int = 2000, lr: float = 1e-3, seed: int = 0) -> tuple[dict, dict]:
     """Fit both probes on `train`, score them on `test` (module docstring). Returns (summary,
     curves over the episode step)."""
-    walls_tr, objects_tr = (np.stack(a) for a in zip(*(targets(e) for e in train)))  # (N, T, D)
-    walls_te, objects_te = (np.stack(a) for a in zip(*(targets(e) for e in test)))
-    x_tr = features(wm, train, batch=batch, chunk=chunk, device=device)  # (N, T, F)
-    x_te = features(wm, test, batch=batch, chunk=chunk, device=device)
-    flat = x_tr.reshape(-1, x_tr.shape[-1])
-    with torch.enable_grad():
-        walls = fit(flat, torch.from_numpy(walls_tr.reshape(flat.shape[0], -1)), wall_loss,
-                    updates=updates, batch=512, lr=lr, seed=seed)
-        objects = fit(flat, torch.from_numpy(objects_tr.reshape(flat.shape[0], -1)), object_loss,
-                      updates=updates, batch=512, lr=lr, seed=seed + 1)
+    stride = -(-sum(len(e["image"]) for e in train) // MAX_ROWS)  # ceil: at most MAX_ROWS rows
+    walls_tr, objects_tr = (np.concatenate(a) for a in zip(*(  # (M, D): every stride-th frame
+        tuple(t[::stride] for t in targets(e)) for e in train)))
+    walls_te, objects_te = (np.stack(a) for a in zip(*(targets(e) for e in test)))  # (N, T, D)
+    x_tr = torch.cat(features(wm, train, batch=batch, chunk=chunk, device=device, stride=stride))  # (M, F)
+    x_te = torch.stack(features(wm, test, batch=batch, chunk=chunk, device=device))  # (N, T, F)
+    walls = fit(x_tr, torch.from_numpy(walls_tr), wall_loss, updates=updates, batch=512, lr=lr, seed=seed)
+    objects = fit(x_tr, torch.from_numpy(objects_tr), object_loss, updates=updates, batch=512, lr=lr,
+                  seed=seed + 1)
     with torch.no_grad():
         acc = wall_accuracy(walls(x_te).numpy(), walls_te)  # (N, T)
         err = object_error(objects(x_te).numpy(), objects_te)  # (N, T)
-    majority = (walls_tr.reshape(-1, walls_tr.shape[-1]).mean(0) > 0.5).astype(np.float32)  # (S*S,)
-    mean_pos = objects_tr.reshape(-1, objects_tr.shape[-1]).mean(0)  # (K*2,)
+    majority = (walls_tr.mean(0) > 0.5).astype(np.float32)  # (S*S,)
+    mean_pos = objects_tr.mean(0)  # (K*2,)
     summary = {"probe_wall_acc": float(acc.mean()),
                "probe_wall_acc_baseline": float(wall_accuracy(2 * majority - 1, walls_te).mean()),
                "probe_object_mse": float(err.mean()),
@@ -131,25 +149,33 @@ def evaluate_probes(wm, train: list[dict], test: list[dict], *, batch: int, chun
     return summary, {"wall_acc": acc.mean(0).tolist(), "object_mse": err.mean(0).tolist()}
 
 
-@torch.no_grad()
-def cue_scores(wm, train: list[dict], test: list[dict], *, chunk: int, device, updates: int = 2000,
-               lr: float = 1e-3, seed: int = 0) -> dict:
-    """Distracting Memory: cue colour probes at the first frame and at the decision step (module
-    docstring). Episodes differ in length, so features are taken one episode at a time."""
-    def at_start_and_decision(episodes):
-        start, decision = [], []
-        for e in episodes:
-            feat = features(wm, [e], batch=1, chunk=chunk, device=device)[0]  # (T, F)
-            start.append(feat[0])
-            decision.append(feat[int(np.argmax(e["reward_step"]))])
-        return torch.stack(start), torch.stack(decision), torch.tensor([int(e["cue"][0]) for e in episodes])
+def hallway_end(episode: dict) -> int:
+    """Distracting Memory: the last frame before the end squares enter the agent's view (the agent
+    still more than VIEW cells left of the junction, the column of the end squares)."""
+    x = episode["cell"][:, 0]
+    junction = int(x[decision_step(episode["reward_step"])])  # the end squares' column
+    before = np.flatnonzero(x < junction - VIEW)
+    if not len(before):
+        raise ValueError("the episode never stands more than 2 cells before the junction")
+    return int(before[-1])
 
-    s_tr, d_tr, y_tr = at_start_and_decision(train)
-    s_te, d_te, y_te = at_start_and_decision(test)
+
+@torch.no_grad()
+def cue_scores(wm, train: list[dict], test: list[dict], *, batch: int, chunk: int, device,
+               updates: int = 2000, lr: float = 1e-3, seed: int = 0) -> dict:
+    """Distracting Memory: cue colour probes at the first frame and at the hallway's end (module
+    docstring): {'cue_acc_start', 'cue_acc_hallway_end'}, fractions of `test` right."""
+    def rows(episodes):
+        feats = features(wm, episodes, batch=batch, chunk=chunk, device=device)  # [(T_i, F)]
+        start = torch.stack([f[0] for f in feats])
+        end = torch.stack([f[hallway_end(e)] for f, e in zip(feats, episodes)])
+        return start, end, torch.tensor([int(e["cue"][0]) for e in episodes])
+
+    s_tr, e_tr, y_tr = rows(train)
+    s_te, e_te, y_te = rows(test)
     scores = {}
-    for name, x_tr, x_te in (("cue_acc_start", s_tr, s_te), ("cue_acc_decision", d_tr, d_te)):
-        with torch.enable_grad():
-            p = fit(x_tr, y_tr, nn.functional.cross_entropy, updates=updates, batch=256, lr=lr,
-                    seed=seed, out_dim=8)
+    for name, x_tr, x_te in (("cue_acc_start", s_tr, s_te), ("cue_acc_hallway_end", e_tr, e_te)):
+        p = fit(x_tr, y_tr, nn.functional.cross_entropy, updates=updates, batch=256, lr=lr,
+                seed=seed, out_dim=len(COLOURS))
         scores[name] = float((p(x_te).argmax(-1) == y_te).float().mean())
     return scores

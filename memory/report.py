@@ -9,8 +9,9 @@ arguments go to every run; rerunning resumes unfinished cells and only re-reads 
 The dataset is made once (memory.out, default datasets/<name>) and shared by every cell.
 Writes <out>/report.md (table: mean (+- std over seeds) of every eval/metrics.json summary value),
 <out>/report.json, <out>/<metric>.png (metric vs imagination step, one line per backbone; rooms,
-multi doors keys and memory maze, which adds the probe scores vs the observed episode step) and <out>/imagination.mp4 + imagination.png (episode 0 of the test set; columns:
-truth, then each backbone's prediction and |error|; seed of the first listed seed).
+multi doors keys and memory maze, which adds the probe scores vs the observed episode step) and
+<out>/imagination.mp4 + imagination.png (episode 0 of the test set; columns: truth, then each
+backbone's prediction and |error|; seed of the first listed seed).
 """
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ import numpy as np
 from common.cli import run_main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CURVES = {  # metric -> (y label, x label)
-    "mse": ("MSE per pixel (lower is better)", "imagination step"),
-    "psnr": ("PSNR, dB (higher is better)", "imagination step"),
-    "ssim": ("SSIM (higher is better)", "imagination step"),
-    "wall_acc": ("probe: wall accuracy (higher is better)", "episode step (observed)"),
-    "object_mse": ("probe: object position error, cells² (lower is better)", "episode step (observed)"),
+CURVES = {  # metric -> (y label, x label, index of the first value: imagination steps count from 1)
+    "mse": ("MSE per pixel (lower is better)", "imagination step", 1),
+    "psnr": ("PSNR, dB (higher is better)", "imagination step", 1),
+    "ssim": ("SSIM (higher is better)", "imagination step", 1),
+    "wall_acc": ("probe: wall accuracy (higher is better)", "episode step (observed)", 0),
+    "object_mse": ("probe: object position error, cells² (lower is better)", "episode step (observed)", 0),
 }
 
 
@@ -64,7 +65,7 @@ def table(results: dict[str, list[dict]]) -> list[str]:
 
 
 def _fmt(value: float, key: str) -> str:
-    if key.startswith(("reward_acc", "probe_wall_acc")):
+    if key.startswith(("reward_acc", "cue_acc", "probe_wall_acc")):
         return f"{100 * value:.1f}%"
     if "mse_sum" in key or "psnr" in key or key.startswith("probe_object"):
         return f"{value:.2f}"
@@ -76,14 +77,14 @@ def plot_curves(results: dict[str, list[dict]], title: str, out: pathlib.Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     written = []
-    for metric, (label, xlabel) in CURVES.items():
+    for metric, (label, xlabel, first) in CURVES.items():
         series = {n: np.mean([r["curves"][metric] for r in rs], 0) for n, rs in results.items()
                   if rs and metric in rs[0]["curves"]}
         if not series:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
         for name, values in series.items():
-            ax.plot(np.arange(1, len(values) + 1), values, label=name, lw=1.2)
+            ax.plot(np.arange(first, len(values) + first), values, label=name, lw=1.2)
         ax.set_xlabel(xlabel), ax.set_ylabel(label), ax.set_title(title)
         ax.grid(alpha=0.3), ax.legend()
         fig.tight_layout()
@@ -146,8 +147,9 @@ def main(argv=None) -> None:
              f"configs: `{' '.join(args.configs)}` {' '.join(extra)}; seeds {args.seeds}; "
              f"machine: {where}; commit {info['commit']}; date {time.strftime('%Y-%m-%d')}", "",
              *table(results), "",
-             "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; accuracies at the "
-             "recorded decision step (memory/metrics.py).", "",
+             "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; reward accuracies at "
+             "the recorded decision step (memory/metrics.py); cue_acc_* and probe_* are probes on "
+             "the frozen model's features (memory/probe.py).", "",
              "| cell | wall time (this call) |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} min |" for k, v in walls.items()]
     lines += ["", *[f"![{p}]({p})" for p in plots],

@@ -122,14 +122,15 @@ class Trainer:
 
 
 def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: Logger, updates: int,
-                   train: list[dict] | None = None) -> dict:
-    """Evaluate on `test`; memory maze probes are fitted on the first offline.probe_episodes of `train`."""
+                   probe_train: list[dict] | None = None) -> dict:
+    """Evaluate on `test`; the probes (memory maze: layout and objects, distracting memory: cue
+    colour) are fitted on `probe_train`, the first offline.probe_episodes training episodes."""
     o, m = config.offline, config.memory
     start = time.time()
     summary, curves, video = evaluation.evaluate(
         trainer.wm, test, m.env, query_observe=o.query_observe, batch=o.eval_batch,
         chunk=config.train.seq_len, device=trainer.device, teleport=m.teleport and m.env == "rooms",
-        probe_train=(train or [])[:o.probe_episodes], probe_updates=o.probe_updates, seed=config.seed)
+        probe_train=probe_train, probe_updates=o.probe_updates, seed=config.seed)
     result = {"updates": updates, "backbone": config.backbone, "dataset": Spec.from_config(config).name,
               "test_episodes": len(test), "query_observe": o.query_observe, "summary": summary,
               "curves": curves, "seconds": time.time() - start}
@@ -155,6 +156,9 @@ def run(config, name: str, device) -> None:
     checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     o, B = config.offline, config.train.batch_size
     folder = dataset_folder(config)
+    if config.memory.env == "memory_maze" and o.probe_episodes < 1:
+        fail("memory maze evaluation fits its probes on training episodes: offline.probe_episodes "
+             f"must be >= 1, got {o.probe_episodes}")
     try:
         if main_rank:
             stats = collect(config)  # writes only what is missing; checks the folder's settings
@@ -162,6 +166,7 @@ def run(config, name: str, device) -> None:
                 print(f"{folder}: wrote {stats['written']} episodes in {stats['seconds']:.0f} s")
         dist.all_true(True)  # the other ranks wait for the dataset
         train, test = split(load_episodes(folder), o.test_episodes)
+        probe_train = train[:o.probe_episodes]  # before sharding: the same on any world size
         if dist.world_size() > 1:
             train = list(dist.shard(train))  # this rank's slice
     except ConfigError as e:
@@ -222,7 +227,7 @@ def run(config, name: str, device) -> None:
             evaluated = updates % o.eval_every == 0
             if evaluated:
                 if main_rank:
-                    run_evaluation(config, trainer, test, logdir, logger, updates, train)
+                    run_evaluation(config, trainer, test, logdir, logger, updates, probe_train)
                 last_eval = updates
             if updates % o.log_every == 0 or evaluated:
                 now = time.time()
@@ -234,7 +239,7 @@ def run(config, name: str, device) -> None:
             if updates % o.checkpoint_every == 0:
                 save()
         if last_eval != updates and main_rank:  # the final one (also when a finished run is rerun)
-            run_evaluation(config, trainer, test, logdir, logger, updates, train)
+            run_evaluation(config, trainer, test, logdir, logger, updates, probe_train)
             logger.write(updates)
     except KeyboardInterrupt:
         print(f"interrupted at update {updates}: saving a checkpoint", file=sys.stderr)

@@ -277,6 +277,15 @@ def test_memory_maze_dataset_holds_the_probe_targets_and_the_policy_explores(tmp
     assert e["action"][1:].any(-1).all() and not e["action"][0].any()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"memory.maze": "7x7"}, "memory.maze.*choices: 9x9, 11x11, 13x13, 15x15"),
+    ({"memory.context": "600", "memory.query": "500"}, "at most 1001"),
+])
+def test_memory_maze_settings_are_checked(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        Spec.from_config(_config("memory_maze_probe", tmp_path, **overrides))
+
+
 def test_datasets_written_before_a_spec_key_existed_still_load(tmp_path):
     config = _config("distracting_memory", tmp_path, **{"memory.width": "4"})
     spec = Spec.from_config(config)

@@ -266,6 +266,12 @@ def test_probes_score_planted_features_against_the_baselines():
     # The objects are not in the features: the probe cannot beat the mean by much.
     assert summary["probe_object_mse"] > 0.8 * summary["probe_object_mse_baseline"]
     assert len(curves["wall_acc"]) == len(curves["object_mse"]) == 6
+    # Training labels that do not belong to their features (layouts shuffled across episodes): the
+    # probe learns nothing it could use on the test episodes, so nothing leaks from them.
+    shuffled = [{**e, "maze_layout": train[(i + 1) % len(train)]["maze_layout"]} for i, e in enumerate(train)]
+    blind, _ = probe.evaluate_probes(_PlantedModel(), shuffled, test, batch=16, chunk=4, device="cpu",
+                                     updates=300, lr=3e-3)
+    assert blind["probe_wall_acc"] < blind["probe_wall_acc_baseline"] + 0.08
 
 
 def test_memory_maze_probe_report_end_to_end(tmp_path):
@@ -312,9 +318,10 @@ def _cue_episode(rng, T=8):
     image = np.zeros((T, 64, 64, 3), np.uint8)
     image[0, 0, cue, 0] = 255  # the cue shows in the first frame only
     reward_step = np.arange(T) == T - 1
+    cell = np.stack([np.arange(T), np.full(T, 2)], -1)  # one cell right per step; the junction at x = T - 1
     return {"image": image, "action": np.zeros((T, 3), np.float32), "reward": reward_step.astype(np.float32),
             "is_first": np.arange(T) == 0, "is_last": reward_step, "is_terminal": reward_step,
-            "cue": np.full(T, cue, np.int8), "reward_step": reward_step}
+            "cue": np.full(T, cue, np.int8), "reward_step": reward_step, "cell": cell}
 
 
 def test_cue_probes_tell_a_forgetting_model_from_a_remembering_one():
@@ -322,11 +329,13 @@ def test_cue_probes_tell_a_forgetting_model_from_a_remembering_one():
     rng = np.random.default_rng(0)
     train = [_cue_episode(rng) for _ in range(200)]
     test = [_cue_episode(rng) for _ in range(40)]
-    forgets = probe.cue_scores(_PlantedModel(), train, test, chunk=4, device="cpu", updates=200, lr=3e-3)
-    remembers = probe.cue_scores(_CarryModel(), train, test, chunk=4, device="cpu", updates=200, lr=3e-3)
+    assert probe.hallway_end(train[0]) == 4  # x = 4 < 7 - 2: the last frame the end squares are out of view
+    kw = dict(batch=16, chunk=4, device="cpu", updates=200, lr=3e-3)
+    forgets = probe.cue_scores(_PlantedModel(), train, test, **kw)
+    remembers = probe.cue_scores(_CarryModel(), train, test, **kw)
     assert forgets["cue_acc_start"] == remembers["cue_acc_start"] == 1.0  # both see the cue
-    assert remembers["cue_acc_decision"] == 1.0
-    assert forgets["cue_acc_decision"] < 0.35  # only chance (1/8) is left
+    assert remembers["cue_acc_hallway_end"] == 1.0
+    assert forgets["cue_acc_hallway_end"] < 0.35  # only chance (1/8) is left
 
 
 def test_offline_distracting_memory_end_to_end_scores_rewards_and_cue_probes(tmp_path):
@@ -336,5 +345,13 @@ def test_offline_distracting_memory_end_to_end_scores_rewards_and_cue_probes(tmp
     res = run_main(tmp_path, args)
     assert res.returncode == 0, res.stderr[-2000:]
     s = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["summary"]
-    for key in ("reward_acc_inference", "reward_acc_imagination", "cue_acc_start", "cue_acc_decision"):
+    for key in ("reward_acc_inference", "reward_acc_imagination", "cue_acc_start", "cue_acc_hallway_end"):
         assert 0 <= s[key] <= 1 and s[key] * 4 == round(s[key] * 4), key  # fractions of 4 test episodes
+
+
+@pytest.mark.parametrize("key, value", [("offline.probe_episodes", "0"), ("offline.probe_updates", "0")])
+def test_bad_probe_settings_stop_with_one_line(tmp_path, key, value):
+    res = run_main(tmp_path, ["--configs", "memory_maze_probe", "debug", "s4wm", f"--{key}", value,
+                              "--memory.out", str(tmp_path / "data")])
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert key in res.stderr and not (tmp_path / "data").exists()  # stopped before collecting

@@ -140,7 +140,8 @@ class S4DWindow:
     """An S4D layer's state during a rollout (see S4D.rollout_begin): the complex state x0 at the
     window start, its free response over the window, and the inputs consumed since. Immutable
     (the free response is a cache filled by the first step): `step` returns a new window, so
-    autograd sees an ordinary graph."""
+    autograd sees an ordinary graph. A window's steps share one grad mode (a cache filled under
+    no_grad would carry no gradient to x0); rollouts never mix them."""
 
     __slots__ = ("x0", "consts", "free", "us")
 
