@@ -26,6 +26,10 @@ frame (the cue in view: `cue_acc_start`) and of the last frame before the end sq
 one of them the cue's colour, which would narrow the guess to two without any memory). Chance is
 1/8 for both; what the first frame shows but the hallway end has lost was forgotten.
 
+Every probe is fitted on four fifths of the given training episodes and early-stopped on the rest
+(`fit`, `held_out`): with few mazes (the CPU scale has 200; the memory-maze dataset 29k) an MLP
+can memorise each training maze from its features and would then score below the baselines.
+
 Sizes: the training features kept for the probes are capped at MAX_ROWS frames (a frame stride per
 episode), so paper-scale datasets (200 episodes x 1001 frames x 1536 features) stay ~0.3 GB.
 """
@@ -95,22 +99,43 @@ def object_loss(pred: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
 
 
 def fit(x: torch.Tensor, y: torch.Tensor, loss_fn, *, updates: int, batch: int, lr: float,
-        seed: int, units: int = 256, layers: int = 2, out_dim: int | None = None) -> Probe:
+        seed: int, units: int = 256, layers: int = 2, out_dim: int | None = None,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None) -> Probe:
     """Train a Probe x (M, F) -> y (M, D) (or class indices y (M,) with out_dim classes) with Adam
-    on random minibatches. Deterministic in seed; the global RNG is left as it was (the training
-    run's sampling continues undisturbed)."""
+    on random minibatches. With `val` (x, y of held-out episodes), the weights with the lowest
+    validation loss (checked 40 times, and before the first step) are returned: early stopping, so a
+    probe that can only memorise its training episodes falls back to what generalises (at worst the
+    output bias, i.e. the baseline). Deterministic in seed; the global RNG is left as it was."""
     gen = torch.Generator().manual_seed(seed)
+    every = max(1, updates // 40)
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)  # the probe's initial weights
         probe = Probe(x.shape[-1], out_dim or y.shape[-1], units, layers)
         opt = torch.optim.Adam(probe.parameters(), lr=lr)
-        for _ in range(updates):
+        best = (float("inf"), None)
+        for step in range(updates + 1):
+            if val is not None and (step % every == 0 or step == updates):
+                with torch.no_grad():
+                    loss = float(loss_fn(probe(val[0]), val[1]))
+                if loss < best[0]:
+                    best = (loss, {k: v.clone() for k, v in probe.state_dict().items()})
+            if step == updates:
+                break
             idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen)
             loss = loss_fn(probe(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if best[1] is not None:
+            probe.load_state_dict(best[1])
     return probe.eval()
+
+
+def held_out(n: int) -> int:
+    """Of n training episodes, how many fit a probe: the last fifth (at least 1) validates it, from
+    5 episodes on (whole episodes: frames of one episode are alike, so a split by frame would not
+    show memorisation)."""
+    return n - max(1, n // 5) if n >= 5 else n
 
 
 def wall_accuracy(logits: np.ndarray, walls: np.ndarray) -> np.ndarray:
@@ -129,14 +154,23 @@ def evaluate_probes(wm, train: list[dict], test: list[dict], *, batch: int, chun
     """Fit both probes on `train`, score them on `test` (module docstring). Returns (summary,
     curves over the episode step)."""
     stride = -(-sum(len(e["image"]) for e in train) // MAX_ROWS)  # ceil: at most MAX_ROWS rows
-    walls_tr, objects_tr = (np.concatenate(a) for a in zip(*(  # (M, D): every stride-th frame
-        tuple(t[::stride] for t in targets(e)) for e in train)))
+    walls_ep, objects_ep = zip(*(tuple(torch.from_numpy(t[::stride]) for t in targets(e)) for e in train))
     walls_te, objects_te = (np.stack(a) for a in zip(*(targets(e) for e in test)))  # (N, T, D)
-    x_tr = torch.cat(features(wm, train, batch=batch, chunk=chunk, device=device, stride=stride))  # (M, F)
+    x_ep = features(wm, train, batch=batch, chunk=chunk, device=device, stride=stride)  # [(T_i, F)]
     x_te = torch.stack(features(wm, test, batch=batch, chunk=chunk, device=device))  # (N, T, F)
-    walls = fit(x_tr, torch.from_numpy(walls_tr), wall_loss, updates=updates, batch=512, lr=lr, seed=seed)
-    objects = fit(x_tr, torch.from_numpy(objects_tr), object_loss, updates=updates, batch=512, lr=lr,
-                  seed=seed + 1)
+    n = held_out(len(train))
+
+    def part(rows, a, b):  # episodes [a, b) -> (M, D), or None when empty
+        return torch.cat(rows[a:b]) if b > a else None
+
+    x_fit, x_val = part(x_ep, 0, n), part(x_ep, n, len(train))
+    probes = []
+    for k, (ys, loss) in enumerate(((walls_ep, wall_loss), (objects_ep, object_loss))):
+        val = (x_val, part(ys, n, len(train))) if x_val is not None else None
+        probes.append(fit(x_fit, part(ys, 0, n), loss, updates=updates, batch=512, lr=lr,
+                          seed=seed + k, val=val))
+    walls, objects = probes
+    walls_tr, objects_tr = torch.cat(walls_ep).numpy(), torch.cat(objects_ep).numpy()  # (M, D)
     with torch.no_grad():
         acc = wall_accuracy(walls(x_te).numpy(), walls_te)  # (N, T)
         err = object_error(objects(x_te).numpy(), objects_te)  # (N, T)
@@ -173,9 +207,10 @@ def cue_scores(wm, train: list[dict], test: list[dict], *, batch: int, chunk: in
 
     s_tr, e_tr, y_tr = rows(train)
     s_te, e_te, y_te = rows(test)
-    scores = {}
+    n, scores = held_out(len(train)), {}
     for name, x_tr, x_te in (("cue_acc_start", s_tr, s_te), ("cue_acc_hallway_end", e_tr, e_te)):
-        p = fit(x_tr, y_tr, nn.functional.cross_entropy, updates=updates, batch=256, lr=lr,
-                seed=seed, out_dim=len(COLOURS))
+        val = (x_tr[n:], y_tr[n:]) if n < len(train) else None
+        p = fit(x_tr[:n], y_tr[:n], nn.functional.cross_entropy, updates=updates, batch=256, lr=lr,
+                seed=seed, out_dim=len(COLOURS), val=val)
         scores[name] = float((p(x_te).argmax(-1) == y_te).float().mean())
     return scores

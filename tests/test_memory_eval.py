@@ -355,3 +355,16 @@ def test_bad_probe_settings_stop_with_one_line(tmp_path, key, value):
                               "--memory.out", str(tmp_path / "data")])
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert key in res.stderr and not (tmp_path / "data").exists()  # stopped before collecting
+
+
+def test_probe_early_stopping_keeps_what_generalises():
+    from memory import probe
+    gen = torch.Generator().manual_seed(1)
+    x, xv = torch.randn(64, 8, generator=gen), torch.randn(64, 8, generator=gen)
+    y, yv = (torch.rand(64, 5, generator=gen) > 0.5).float(), (torch.rand(64, 5, generator=gen) > 0.5).float()
+    kw = dict(updates=400, batch=64, lr=1e-2, seed=0)
+    with torch.no_grad():
+        memorised = probe.wall_loss(probe.fit(x, y, probe.wall_loss, **kw)(xv), yv)
+        stopped = probe.wall_loss(probe.fit(x, y, probe.wall_loss, val=(xv, yv), **kw)(xv), yv)
+    assert memorised > 0.9 and stopped < 0.72  # noise labels: memorising hurts; stopping keeps ~log 2
+    assert probe.held_out(200) == 160 and probe.held_out(4) == 4
