@@ -10,13 +10,18 @@ the training episodes' features (every step) and scored on the test episodes at 
     objects  feat_t -> the K object positions relative to the agent, in its own frame, in cell units
              (`targets_vec`); squared error; score `probe_object_mse`: squared distance between
              predicted and true position, summed over x and y, averaged over the K objects
+    local    [ours] feat_t -> the 5x5 cells around the agent in its own frame (heading rounded to
+             an axis; rows ahead to behind); `probe_local_acc` over all 25, `probe_behind_acc`
+             over the 10 behind the agent, which the camera does not show: only a memory of
+             the way it came can know them. Needs far fewer mazes than the global layout.
 
-A layout is only knowable once seen, so both scores are reported as curves over the episode step
-(`wall_acc`, `object_mse`) and as means over all test steps. Baselines that see no frame, fitted on
-the training episodes: the per-cell majority layout (`probe_wall_acc_baseline`) and the mean
-relative position of each object (`probe_object_mse_baseline`). [ours] The memory-maze authors
-train the probe alongside the world model with the gradient stopped; we fit it after training on
-the frozen model, which is the same question asked of the final weights.
+A layout is only knowable once seen, so the scores are reported as curves over the episode step
+(`wall_acc`, `object_mse`, `behind_acc`) and as means over all test steps. Baselines that see no
+frame, fitted on the training episodes: the per-cell majority layout (`probe_wall_acc_baseline`),
+the mean relative position of each object (`probe_object_mse_baseline`) and the per-cell majority
+of the local windows (`probe_local_acc_baseline`, `probe_behind_acc_baseline`). [ours] The
+memory-maze authors train the probe alongside the world model with the gradient stopped; we fit it
+after training on the frozen model, which is the same question asked of the final weights.
 
 Distracting Memory [ours]: the reward accuracy needs the cue remembered *and* compared with the
 colour stepped on, and stays at chance until both are learned. `cue_scores` separates perception
@@ -45,14 +50,37 @@ from memory.evaluate import MODEL_KEYS, observe
 from memory.metrics import decision_step
 
 MAX_ROWS = 50_000  # training frames kept for fitting a probe
+LOCAL = 2  # memory maze: the agent-centred layout probe covers (2 LOCAL + 1)^2 cells
+BEHIND = slice((LOCAL + 1) * (2 * LOCAL + 1), None)  # its cells behind the agent (out of view)
 VIEW = 2  # Distracting Memory: the agent-centred window reaches 2 cells to each side (5x5)
 
 
-def targets(episode: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(walls float32 (T, S*S) in {0, 1}, objects float32 (T, K*2)) of one episode."""
+def targets(episode: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(walls float32 (T, S*S) in {0, 1}, objects float32 (T, K*2), local walls float32 (T, W*W))
+    of one episode."""
     T = len(episode["image"])
     return (episode["maze_layout"].reshape(T, -1).astype(np.float32),
-            episode["targets_vec"].reshape(T, -1).astype(np.float32))
+            episode["targets_vec"].reshape(T, -1).astype(np.float32),
+            local_layout(episode["maze_layout"], episode["agent_pos"], episode["agent_dir"]))
+
+
+def local_layout(layout: np.ndarray, pos: np.ndarray, heading: np.ndarray, radius: int = LOCAL) -> np.ndarray:
+    """The (2r+1)^2 cells around the agent's cell in its own frame, heading rounded to the nearest
+    axis: layout (T, S, S) [y, x], pos (T, 2), heading (T, 2) -> float32 (T, (2r+1)^2), 1 = free,
+    cells outside the maze 0. Row-major, rows from r cells ahead to r cells behind, columns from
+    r cells to the left to r to the right (so the last r rows are behind the agent: BEHIND)."""
+    T, S = layout.shape[0], layout.shape[1]
+    k = np.round(np.arctan2(heading[:, 1], heading[:, 0]) / (np.pi / 2)).astype(int) % 4  # (T,)
+    fwd = np.array([(1, 0), (0, 1), (-1, 0), (0, -1)])[k]  # (T, 2) as (x, y)
+    right = np.stack([fwd[:, 1], -fwd[:, 0]], -1)  # (T, 2)
+    ahead = np.arange(radius, -radius - 1, -1)  # rows: ahead first
+    side = np.arange(-radius, radius + 1)  # columns: left first
+    cells = (np.floor(pos).astype(int)[:, None, None] + ahead[None, :, None, None] * fwd[:, None, None]
+             + side[None, None, :, None] * right[:, None, None])  # (T, W, W, 2) as (x, y)
+    x, y = cells[..., 0], cells[..., 1]
+    inside = (x >= 0) & (x < S) & (y >= 0) & (y < S)
+    free = layout[np.arange(T)[:, None, None], np.clip(y, 0, S - 1), np.clip(x, 0, S - 1)]
+    return (free * inside).reshape(T, -1).astype(np.float32)
 
 
 @torch.no_grad()
@@ -154,8 +182,9 @@ def evaluate_probes(wm, train: list[dict], test: list[dict], *, batch: int, chun
     """Fit both probes on `train`, score them on `test` (module docstring). Returns (summary,
     curves over the episode step)."""
     stride = -(-sum(len(e["image"]) for e in train) // MAX_ROWS)  # ceil: at most MAX_ROWS rows
-    walls_ep, objects_ep = zip(*(tuple(torch.from_numpy(t[::stride]) for t in targets(e)) for e in train))
-    walls_te, objects_te = (np.stack(a) for a in zip(*(targets(e) for e in test)))  # (N, T, D)
+    walls_ep, objects_ep, local_ep = zip(*(tuple(torch.from_numpy(t[::stride]) for t in targets(e))
+                                           for e in train))
+    walls_te, objects_te, local_te = (np.stack(a) for a in zip(*(targets(e) for e in test)))  # (N, T, D)
     x_ep = features(wm, train, batch=batch, chunk=chunk, device=device, stride=stride)  # [(T_i, F)]
     x_te = torch.stack(features(wm, test, batch=batch, chunk=chunk, device=device))  # (N, T, F)
     n = held_out(len(train))
@@ -165,22 +194,31 @@ def evaluate_probes(wm, train: list[dict], test: list[dict], *, batch: int, chun
 
     x_fit, x_val = part(x_ep, 0, n), part(x_ep, n, len(train))
     probes = []
-    for k, (ys, loss) in enumerate(((walls_ep, wall_loss), (objects_ep, object_loss))):
+    for k, (ys, loss) in enumerate(((walls_ep, wall_loss), (objects_ep, object_loss), (local_ep, wall_loss))):
         val = (x_val, part(ys, n, len(train))) if x_val is not None else None
         probes.append(fit(x_fit, part(ys, 0, n), loss, updates=updates, batch=512, lr=lr,
                           seed=seed + k, val=val))
-    walls, objects = probes
-    walls_tr, objects_tr = torch.cat(walls_ep).numpy(), torch.cat(objects_ep).numpy()  # (M, D)
+    walls, objects, local = probes
+    walls_tr, objects_tr, local_tr = (torch.cat(a).numpy() for a in (walls_ep, objects_ep, local_ep))  # (M, D)
     with torch.no_grad():
         acc = wall_accuracy(walls(x_te).numpy(), walls_te)  # (N, T)
         err = object_error(objects(x_te).numpy(), objects_te)  # (N, T)
+        local_logits = local(x_te).numpy()  # (N, T, W*W)
     majority = (walls_tr.mean(0) > 0.5).astype(np.float32)  # (S*S,)
+    local_majority = 2 * (local_tr.mean(0) > 0.5).astype(np.float32) - 1  # (W*W,) as logits
     mean_pos = objects_tr.mean(0)  # (K*2,)
+    behind = wall_accuracy(local_logits[..., BEHIND], local_te[..., BEHIND])  # (N, T)
     summary = {"probe_wall_acc": float(acc.mean()),
                "probe_wall_acc_baseline": float(wall_accuracy(2 * majority - 1, walls_te).mean()),
                "probe_object_mse": float(err.mean()),
-               "probe_object_mse_baseline": float(object_error(mean_pos, objects_te).mean())}
-    return summary, {"wall_acc": acc.mean(0).tolist(), "object_mse": err.mean(0).tolist()}
+               "probe_object_mse_baseline": float(object_error(mean_pos, objects_te).mean()),
+               "probe_local_acc": float(wall_accuracy(local_logits, local_te).mean()),
+               "probe_local_acc_baseline": float(wall_accuracy(local_majority, local_te).mean()),
+               "probe_behind_acc": float(behind.mean()),
+               "probe_behind_acc_baseline": float(
+                   wall_accuracy(local_majority[BEHIND], local_te[..., BEHIND]).mean())}
+    return summary, {"wall_acc": acc.mean(0).tolist(), "object_mse": err.mean(0).tolist(),
+                     "behind_acc": behind.mean(0).tolist()}
 
 
 def hallway_end(episode: dict) -> int:

@@ -31,6 +31,7 @@ CURVES = {  # metric -> (y label, x label, index of the first value: imagination
     "ssim": ("SSIM (higher is better)", "imagination step", 1),
     "wall_acc": ("probe: wall accuracy (higher is better)", "episode step (observed)", 0),
     "object_mse": ("probe: object position error, cells² (lower is better)", "episode step (observed)", 0),
+    "behind_acc": ("probe: walls behind the agent, accuracy", "episode step (observed)", 0),
 }
 
 
@@ -65,7 +66,7 @@ def table(results: dict[str, list[dict]]) -> list[str]:
 
 
 def _fmt(value: float, key: str) -> str:
-    if key.startswith(("reward_acc", "cue_acc", "probe_wall_acc")):
+    if key.startswith(("reward_acc", "cue_acc", "probe_wall_acc", "probe_local_acc", "probe_behind_acc")):
         return f"{100 * value:.1f}%"
     if "mse_sum" in key or "psnr" in key or key.startswith("probe_object"):
         return f"{value:.2f}"

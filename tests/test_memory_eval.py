@@ -210,6 +210,25 @@ def test_probe_scores_on_known_values():
     assert probe.object_error(pred, truth) == pytest.approx((25 + 0) / 2)
 
 
+def test_local_layout_turns_with_the_agent():
+    from memory import probe
+    layout = np.zeros((1, 5, 5), np.uint8)  # [y, x]
+    layout[0, 2, 3] = 1  # free: x=3, y=2, east of the agent's cell (2, 2)
+    layout[0, 1, 2] = 1  # free: x=2, y=1, south of it
+    pos = np.float32([[2.5, 2.5]])
+    expected = {  # rows: ahead, level, behind; columns: left, centre, right
+        (1, 0): [[0, 1, 0], [0, 0, 1], [0, 0, 0]],  # east: east ahead, south to the right
+        (0, 1): [[0, 0, 0], [0, 0, 1], [0, 1, 0]],  # north: east to the right, south behind
+        (-0.2, -1): [[0, 1, 0], [1, 0, 0], [0, 0, 0]],  # ~south (rounded): south ahead, east left
+    }
+    for heading, window in expected.items():
+        got = probe.local_layout(layout, pos, np.float32([heading]), radius=1).reshape(3, 3)
+        np.testing.assert_array_equal(got, window, err_msg=str(heading))
+    edge = probe.local_layout(layout, np.float32([[0.5, 0.5]]), np.float32([[1, 0]]), radius=1)
+    assert edge.sum() == 0  # outside the maze counts as wall
+    assert probe.BEHIND == slice(15, None)  # 5x5 window: the last 2 rows
+
+
 def test_probe_reads_what_the_features_hold_and_nothing_else():
     from memory import probe
     gen = torch.Generator().manual_seed(0)
@@ -251,7 +270,9 @@ def _maze_episode(rng, T=6, K=3):
     image[:, :9, :9, 0] = layout * 255
     return {"image": image, "action": np.zeros((T, 6), np.float32), "reward": np.zeros(T, np.float32),
             "is_first": np.arange(T) == 0, "is_last": np.arange(T) == T - 1, "is_terminal": np.zeros(T, bool),
-            "maze_layout": np.repeat(layout[None], T, 0), "targets_vec": rng.normal(size=(T, K, 2)).astype(np.float32)}
+            "maze_layout": np.repeat(layout[None], T, 0), "targets_vec": rng.normal(size=(T, K, 2)).astype(np.float32),
+            "agent_pos": rng.uniform(0, 9, (T, 2)).astype(np.float32),
+            "agent_dir": np.tile(np.float32([[1, 0]]), (T, 1))}
 
 
 def test_probes_score_planted_features_against_the_baselines():
