@@ -14,6 +14,10 @@ the training episodes' features (every step) and scored on the test episodes at 
              an axis; rows ahead to behind); `probe_local_acc` over all 25, `probe_behind_acc`
              over the 10 behind the agent, which the camera does not show: only a memory of
              the way it came can know them. Needs far fewer mazes than the global layout.
+             Control (`probe_local_acc_frame`, `probe_behind_acc_frame`): the same probe on the
+             encoder's embedding of the current frame alone, which has no memory; what the
+             model's state adds over it is memory (and not the maze's regularities, which a
+             single frame also lets a probe guess from).
 
 A layout is only knowable once seen, so the scores are reported as curves over the episode step
 (`wall_acc`, `object_mse`, `behind_acc`) and as means over all test steps. Baselines that see no
@@ -84,17 +88,22 @@ def local_layout(layout: np.ndarray, pos: np.ndarray, heading: np.ndarray, radiu
 
 
 @torch.no_grad()
-def features(wm, episodes: list[dict], *, batch: int, chunk: int, device, stride: int = 1) -> list[torch.Tensor]:
+def features(wm, episodes: list[dict], *, batch: int, chunk: int, device, stride: int = 1,
+             frame_only: bool = False) -> list[torch.Tensor]:
     """Posterior features of each episode, every `stride`-th frame: [(ceil(T_i / stride), F)] float32
     on the CPU. Episodes are observed `batch` at a time, the shorter ones padded at the end (the
     models are causal: padding never changes an earlier feature), in chunks of `chunk` steps with
-    the state carried, as in training."""
+    the state carried, as in training. frame_only: the encoder's embedding of each frame instead
+    (no memory: the control that says what one frame shows)."""
     out = []
     for s in range(0, len(episodes), batch):
         group = episodes[s:s + batch]
         T = max(len(e["image"]) for e in group)
         data = to_torch({k: np.stack([_pad(e[k], T) for e in group]) for k in MODEL_KEYS}, device)
-        feat, _ = observe(wm, data, wm.initial_state(len(group)), chunk)  # (B, T, F)
+        if frame_only:
+            feat = torch.cat([wm.encoder(data["image"][:, t:t + chunk]) for t in range(0, T, chunk)], 1)
+        else:
+            feat, _ = observe(wm, data, wm.initial_state(len(group)), chunk)  # (B, T, F)
         out += [feat[i, :len(e["image"]):stride].float().cpu() for i, e in enumerate(group)]
     return out
 
@@ -217,6 +226,16 @@ def evaluate_probes(wm, train: list[dict], test: list[dict], *, batch: int, chun
                "probe_behind_acc": float(behind.mean()),
                "probe_behind_acc_baseline": float(
                    wall_accuracy(local_majority[BEHIND], local_te[..., BEHIND]).mean())}
+    # Control: the same local probe on the encoder's embedding of the current frame alone.
+    e_ep = features(wm, train, batch=batch, chunk=chunk, device=device, stride=stride, frame_only=True)
+    e_te = torch.stack(features(wm, test, batch=batch, chunk=chunk, device=device, frame_only=True))
+    val = (part(e_ep, n, len(train)), part(local_ep, n, len(train))) if n < len(train) else None
+    frame = fit(part(e_ep, 0, n), part(local_ep, 0, n), wall_loss, updates=updates, batch=512, lr=lr,
+                seed=seed + 2, val=val)
+    with torch.no_grad():
+        frame_logits = frame(e_te).numpy()  # (N, T, W*W)
+    summary["probe_local_acc_frame"] = float(wall_accuracy(frame_logits, local_te).mean())
+    summary["probe_behind_acc_frame"] = float(wall_accuracy(frame_logits[..., BEHIND], local_te[..., BEHIND]).mean())
     return summary, {"wall_acc": acc.mean(0).tolist(), "object_mse": err.mean(0).tolist(),
                      "behind_acc": behind.mean(0).tolist()}
 

@@ -286,7 +286,7 @@ def test_probes_score_planted_features_against_the_baselines():
     assert 0.4 < summary["probe_wall_acc_baseline"] < 0.8  # a random layout: the majority guess is poor
     # The objects are not in the features: the probe cannot beat the mean by much.
     assert summary["probe_object_mse"] > 0.8 * summary["probe_object_mse_baseline"]
-    assert len(curves["wall_acc"]) == len(curves["object_mse"]) == 6
+    assert len(curves["wall_acc"]) == len(curves["object_mse"]) == len(curves["behind_acc"]) == 6
     # Training labels that do not belong to their features (layouts shuffled across episodes): the
     # probe learns nothing it could use on the test episodes, so nothing leaks from them.
     shuffled = [{**e, "maze_layout": train[(i + 1) % len(train)]["maze_layout"]} for i, e in enumerate(train)]
@@ -307,6 +307,8 @@ def test_memory_maze_probe_report_end_to_end(tmp_path):
     s = result["summary"]
     assert 0 <= s["probe_wall_acc"] <= 1 and 0 <= s["probe_wall_acc_baseline"] <= 1
     assert s["probe_object_mse"] >= 0 and s["probe_object_mse_baseline"] >= 0 and "gen_mse" in s
+    for key in ("probe_local_acc", "probe_behind_acc", "probe_behind_acc_baseline", "probe_behind_acc_frame"):
+        assert 0 <= s[key] <= 1, key
     assert len(result["curves"]["wall_acc"]) == 24 and len(result["curves"]["mse"]) == 12
     for name in ("wall_acc.png", "object_mse.png", "mse.png", "imagination.mp4"):
         assert (out / name).stat().st_size > 0
