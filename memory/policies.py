@@ -25,7 +25,63 @@ TURN_LEFT, TURN_RIGHT, FORWARD = 0, 1, 2
 CELL = 0.25  # planning grid resolution, MiniWorld units
 
 
-class RoomsPolicy:
+class _WaypointDriver:
+    """What RoomsPolicy and MazePolicy share: follow `plan` (waypoints, dropped within 0.3 units)
+    with `_steer`, planning anew with `_new_plan` when it runs out; with probability `noise` a
+    uniformly random action replaces the planned one; after three forward moves in a row that did
+    not move the agent (`_stuck`), an escape (one turn held 3-8 steps, then ESCAPE_FORWARD forward
+    steps) and a new plan. Subclasses set the action ids below and the three methods."""
+
+    TURNS: tuple[int, int]      # (left, right)
+    FORWARD: int                # straight ahead
+    FORWARDS: tuple[int, ...]   # every action that moves forward
+    N_ACTIONS: int
+    ESCAPE_FORWARD: int
+
+    def __init__(self, env, rng: np.random.Generator, noise: float = 0.2):
+        self.env, self.rng, self.noise = env, rng, noise
+        self.plan: list[np.ndarray] = []
+        self.escape: list[int] = []
+        self.last: np.ndarray | None = None  # position before the last forward move
+        self.bumps = 0
+
+    def replan(self) -> None:
+        """Forget the waypoints (after a teleport)."""
+        self.plan, self.escape, self.last = [], [], None
+
+    def _drive(self, pos: np.ndarray) -> int:
+        if self.last is not None:  # the last action moved forward: did it move us?
+            self.bumps = self.bumps + 1 if self._stuck(pos, self.last) else 0
+            if self.bumps >= 3:
+                turn = self.TURNS[int(self.rng.integers(2))]
+                self.escape = [turn] * int(self.rng.integers(3, 9)) + [self.FORWARD] * self.ESCAPE_FORWARD
+                self.plan, self.bumps = [], 0
+        self.last = None
+        if self.escape:
+            action = self.escape.pop(0)
+        else:
+            while self.plan and np.linalg.norm(self.plan[0] - pos) < 0.3:
+                self.plan.pop(0)
+            if not self.plan:
+                self.plan = self._new_plan(pos)
+            action = self._steer(pos, self.plan[0])
+            if self.rng.random() < self.noise:
+                action = int(self.rng.integers(self.N_ACTIONS))
+        if action in self.FORWARDS:
+            self.last = pos
+        return action
+
+    def _stuck(self, pos: np.ndarray, last: np.ndarray) -> bool:
+        raise NotImplementedError
+
+    def _steer(self, pos: np.ndarray, target: np.ndarray) -> int:
+        raise NotImplementedError
+
+    def _new_plan(self, pos: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+
+class RoomsPolicy(_WaypointDriver):
     """Waypoint driver for envs/rooms.py (actions: 0 turn left, 1 turn right, 2 forward).
 
     Target: the nearest room not yet visited this episode (fewest doorways away), or a random
@@ -38,18 +94,12 @@ class RoomsPolicy:
     one; after three blocked forward moves in a row, a short random escape, then a new path.
     """
 
-    def __init__(self, env, rng: np.random.Generator, noise: float = 0.2):
-        self.env, self.rng, self.noise = env, rng, noise
-        self.visited: set[int] = set()
-        self.plan: list[np.ndarray] = []  # (x, z) waypoints
-        self.escape: list[int] = []
-        self.last: np.ndarray | None = None
-        self.bumps = 0
-        self.free: np.ndarray | None = None  # bool (nx, nz) occupancy grid, built on first act
+    TURNS, FORWARD, FORWARDS, N_ACTIONS, ESCAPE_FORWARD = (TURN_LEFT, TURN_RIGHT), FORWARD, (FORWARD,), 3, 4
 
-    def replan(self) -> None:
-        """Forget the waypoints (after a teleport)."""
-        self.plan, self.escape, self.last = [], [], None
+    def __init__(self, env, rng: np.random.Generator, noise: float = 0.2):
+        super().__init__(env, rng, noise)  # plan: (x, z) waypoints
+        self.visited: set[int] = set()
+        self.free: np.ndarray | None = None  # bool (nx, nz) occupancy grid, built on first act
 
     def act(self) -> int:
         env = self.env
@@ -61,25 +111,10 @@ class RoomsPolicy:
             self.visited.add(room)
             if len(self.visited) < env.n_rooms and self.rng.random() < 0.5:
                 self.plan = []  # half the time, head on to the next unvisited room at once
-        if self.last is not None:  # the last action was forward: did it move us?
-            self.bumps = self.bumps + 1 if np.allclose(pos, self.last) else 0
-            if self.bumps >= 3:
-                self.escape = [int(self.rng.integers(2))] * int(self.rng.integers(3, 9)) + [FORWARD] * 4
-                self.plan, self.bumps = [], 0
-        self.last = None
-        if self.escape:
-            action = self.escape.pop(0)
-        else:
-            while self.plan and np.linalg.norm(self.plan[0] - pos) < 0.3:
-                self.plan.pop(0)
-            if not self.plan:
-                self.plan = self._new_plan(pos)
-            action = self._steer(pos, self.plan[0])
-            if self.rng.random() < self.noise:
-                action = int(self.rng.integers(3))
-        if action == FORWARD:
-            self.last = pos
-        return action
+        return self._drive(pos)
+
+    def _stuck(self, pos: np.ndarray, last: np.ndarray) -> bool:
+        return np.allclose(pos, last)
 
     def _steer(self, pos: np.ndarray, target: np.ndarray) -> int:
         # MiniWorld heading: forward is (cos dir, -sin dir) in (x, z); turning left raises dir.
@@ -162,7 +197,7 @@ def _grid_path(free: np.ndarray, start: tuple, goal: tuple) -> list[tuple] | Non
 MAZE_LEFT, MAZE_RIGHT, MAZE_FORWARD, MAZE_FORWARD_LEFT, MAZE_FORWARD_RIGHT = 2, 3, 1, 4, 5
 
 
-class MazePolicy:
+class MazePolicy(_WaypointDriver):
     """Waypoint driver for envs/memorymaze.py built with global_obs (actions: 0 noop, 1 forward,
     2 left, 3 right, 4 forward+left, 5 forward+right; a left turn raises the heading angle).
 
@@ -174,42 +209,17 @@ class MazePolicy:
     random escape, then a new goal.
     """
 
-    def __init__(self, env, rng: np.random.Generator, noise: float = 0.2):
-        self.env, self.rng, self.noise = env, rng, noise
-        self.plan: list[np.ndarray] = []  # cell centres (x, y)
-        self.escape: list[int] = []
-        self.last: np.ndarray | None = None
-        self.bumps = 0
-
-    def replan(self) -> None:
-        self.plan, self.escape, self.last = [], [], None
+    TURNS, FORWARD, N_ACTIONS, ESCAPE_FORWARD = (MAZE_LEFT, MAZE_RIGHT), MAZE_FORWARD, 6, 3
+    FORWARDS = (MAZE_FORWARD, MAZE_FORWARD_LEFT, MAZE_FORWARD_RIGHT)
 
     def act(self) -> int:
-        state = self.env.state
-        pos, heading = np.asarray(state["agent_pos"], float), np.asarray(state["agent_dir"], float)
-        if self.last is not None:  # the last action moved forward: did it move us?
-            self.bumps = self.bumps + 1 if np.linalg.norm(pos - self.last) < 0.01 else 0
-            if self.bumps >= 3:
-                turn = MAZE_LEFT + int(self.rng.integers(2))
-                self.escape = [turn] * int(self.rng.integers(3, 9)) + [MAZE_FORWARD] * 3
-                self.plan, self.bumps = [], 0
-        self.last = None
-        if self.escape:
-            action = self.escape.pop(0)
-        else:
-            while self.plan and np.linalg.norm(self.plan[0] - pos) < 0.3:
-                self.plan.pop(0)
-            if not self.plan:
-                self.plan = self._new_plan(state["maze_layout"], pos)
-            action = self._steer(pos, heading, self.plan[0])
-            if self.rng.random() < self.noise:
-                action = int(self.rng.integers(6))
-        if action in (MAZE_FORWARD, MAZE_FORWARD_LEFT, MAZE_FORWARD_RIGHT):
-            self.last = pos
-        return action
+        return self._drive(np.asarray(self.env.state["agent_pos"], float))
 
-    @staticmethod
-    def _steer(pos: np.ndarray, heading: np.ndarray, target: np.ndarray) -> int:
+    def _stuck(self, pos: np.ndarray, last: np.ndarray) -> bool:
+        return np.linalg.norm(pos - last) < 0.01
+
+    def _steer(self, pos: np.ndarray, target: np.ndarray) -> int:
+        heading = np.asarray(self.env.state["agent_dir"], float)
         delta = target - pos
         error = math.atan2(delta[1], delta[0]) - math.atan2(heading[1], heading[0])
         error = (error + math.pi) % (2 * math.pi) - math.pi
@@ -219,8 +229,8 @@ class MazePolicy:
             return MAZE_FORWARD_LEFT if error > 0 else MAZE_FORWARD_RIGHT
         return MAZE_FORWARD
 
-    def _new_plan(self, layout: np.ndarray, pos: np.ndarray) -> list[np.ndarray]:
-        free = np.asarray(layout, bool).T  # free[x, y]
+    def _new_plan(self, pos: np.ndarray) -> list[np.ndarray]:
+        free = np.asarray(self.env.state["maze_layout"], bool).T  # free[x, y]
         here = (int(pos[0]), int(pos[1]))
         cells = [tuple(c) for c in np.argwhere(free) if tuple(c) != here]
         goal = cells[int(self.rng.integers(len(cells)))]
