@@ -13,8 +13,9 @@ query frames, which are observed too (teleport variants: the model is shown wher
                               rest imagined; plus gen_mse of the imagined frames, and [ours] cue
                               colour probes at the first frame and at the hallway's end (given
                               training episodes: memory/probe.py)
-    memory maze               as rooms, plus the offline probes of memory/probe.py (wall layout
-                              accuracy, object position error; fitted on training episodes)
+    memory maze               as rooms, plus the offline probes of memory/probe.py (global wall
+                              layout, object positions, the walls around and behind the agent with
+                              a one-frame control; fitted on training episodes)
 
 Formulas: memory/metrics.py. Everything here runs under no_grad in chunks of `chunk` steps, so an
 episode of any length fits in memory.
