@@ -45,7 +45,10 @@ class ActorCritic(nn.Module):
         self.register_buffer("bins", twohot_bins(bins), persistent=False)
 
     def policy(self, feat: torch.Tensor) -> td.Distribution:
-        out = self.actor(feat)
+        return self._dist(self.actor(feat))
+
+    def _dist(self, out: torch.Tensor) -> td.Distribution:
+        """The policy from the actor's output (logits, or mean and std before squashing)."""
         if self.discrete:
             return td.OneHotCategoricalStraightThrough(logits=unimix_logits(out, self.unimix),
                                                        validate_args=False)
@@ -69,23 +72,40 @@ class ActorCritic(nn.Module):
         return TwoHot(net(feat), self.bins)
 
     def loss(self, wm, start: dict, start_cont: torch.Tensor):
-        """Imagine from `start` (N states) and return (actor_loss, critic_loss, metrics)."""
+        """Imagine from `start` (N states) and return (actor_loss, critic_loss, metrics).
+
+        Every network runs once per imagined state: the actor's output at each state is kept with
+        its graph from the rollout (not recomputed for the loss), and with REINFORCE, where the
+        features carry no gradient, one critic pass gives both the bootstrap values and the
+        critic's loss. The trajectory is handled time-major, (H+1, N, F), so the per-step slices
+        that the heads read are contiguous (a strided (N, H, F) slice costs matmul a copy)."""
         backprop = self.grad == "straight_through"
-        raw = []  # the policy's samples; the model sees them clipped to [-1, 1] like the env does
+        outs, raw = [], []  # actor outputs (with grad to the actor) and samples, per state 0..H-1
 
         def sample(feat):
-            a = self.policy(feat.detach()).rsample() if backprop else self.policy(feat).sample()
+            with torch.enable_grad():
+                out = self.actor(feat.detach())  # (N, A or 2A)
+            outs.append(out)
+            # the model sees the samples clipped to [-1, 1] like the env does
+            a = self._dist(out).rsample() if backprop else self._dist(out.detach()).sample()
             raw.append(a)
             return a if self.discrete else clip_straight_through(a)
 
         with torch.set_grad_enabled(backprop):
-            traj = wm.imagine(start, sample, self.horizon)
-            feat = traj["feat"]  # (N, H+1, F)
-            reward = wm.reward(feat[:, 1:])  # (N, H)
-            cont = wm.cont(feat[:, 1:])  # (N, H)
-        value = self.value(feat).mean()  # (N, H+1)
+            traj = wm.imagine(start, sample, self.horizon, final_state=False)
+            feat = traj["feat"].transpose(0, 1).contiguous()  # (H+1, N, F); free if time-major
+            reward = wm.reward(feat[1:])  # (H, N)
+            cont = wm.cont(feat[1:])  # (H, N)
+        if backprop:  # the actor's values keep their gradient through the features; the critic's
+            value = self.value(feat).mean()  # (H+1, N)
+            dist = self.value(feat[:-1].detach())  # (H, N)
+        else:  # features without gradient: one pass serves both
+            logits = self.critic(feat)  # (H+1, N, bins)
+            value = TwoHot(logits, self.bins).mean()  # (H+1, N)
+            dist = TwoHot(logits[:-1], self.bins)
         # straight_through: the actor's returns keep their gradient through rewards, continues and
         # bootstrap values (DreamerV1/V2); the critic and the normaliser see them detached.
+        reward, cont, value = reward.t(), cont.t(), value.t()  # (N, H), (N, H), (N, H+1)
         ret_actor = lambda_returns(reward, cont, value if backprop else value.detach(),
                                    self.gamma, self.lam)  # (N, H)
         ret = ret_actor.detach()
@@ -93,7 +113,7 @@ class ActorCritic(nn.Module):
         self.retnorm.update(ret)  # skips non-finite batches; percentiles over all ranks' returns
         scale = self.retnorm.scale()
 
-        policy = self.policy(feat[:, :-1].detach())
+        policy = self._dist(torch.stack(outs, 1))  # (N, H) over states 0..H-1
         entropy = policy.entropy()  # (N, H)
         if backprop:
             objective = ret_actor / scale
@@ -102,11 +122,9 @@ class ActorCritic(nn.Module):
             objective = policy.log_prob(torch.stack(raw, 1).detach()) * adv
         actor_loss = -(weight * (objective + self.entropy_scale * entropy)).mean()
 
-        feat_c = feat[:, :-1].detach()
-        dist = self.value(feat_c)
-        slow_target = self.value(feat_c, slow=True).mean().detach()
-        critic_loss = -(dist.log_prob(ret) + self.slow_reg * dist.log_prob(slow_target))
-        critic_loss = (weight * critic_loss).mean()
+        slow_target = self.value(feat[:-1].detach(), slow=True).mean().detach()  # (H, N)
+        critic_loss = -(dist.log_prob(ret.t()) + self.slow_reg * dist.log_prob(slow_target))
+        critic_loss = (weight * critic_loss.t()).mean()
         metrics = {"ac/return": ret.mean().detach(), "ac/value": value.mean().detach(),
                    "ac/imag_reward": reward.mean().detach(), "ac/entropy": entropy.mean().detach(),
                    "ac/return_scale": scale.detach()}

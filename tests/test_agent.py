@@ -85,7 +85,7 @@ class PointWorld:
     def feat(self, x):
         return torch.cat([x, torch.tanh(x @ self.w + self.b)], -1)  # (N, 9)
 
-    def imagine(self, start, policy, horizon):
+    def imagine(self, start, policy, horizon, final_state=True):
         x, feats = start["x"], [self.feat(start["x"])]
         for _ in range(horizon):
             a = policy(feats[-1])
@@ -99,6 +99,73 @@ class PointWorld:
 
     def cont(self, feat):
         return torch.ones(feat.shape[:-1])
+
+
+def plain_ac_loss(ac, wm, start, start_cont):
+    """ActorCritic.loss written out plainly: batch-major (N, H, F) features, the actor re-run on
+    the imagined states for its loss, the critic run twice (values, then its own loss)."""
+    from agent.actor_critic import clip_straight_through
+    from agent.returns import lambda_returns, trajectory_weight
+    backprop, raw = ac.grad == "straight_through", []
+
+    def sample(feat):
+        a = ac.policy(feat.detach()).rsample() if backprop else ac.policy(feat).sample()
+        raw.append(a)
+        return a if ac.discrete else clip_straight_through(a)
+
+    with torch.set_grad_enabled(backprop):
+        feat = wm.imagine(start, sample, ac.horizon)["feat"].contiguous()  # (N, H+1, F)
+        reward, cont = wm.reward(feat[:, 1:]), wm.cont(feat[:, 1:])  # (N, H)
+    value = ac.value(feat).mean()  # (N, H+1)
+    ret_actor = lambda_returns(reward, cont, value if backprop else value.detach(), ac.gamma, ac.lam)
+    ret = ret_actor.detach()
+    weight = trajectory_weight(cont.detach(), ac.gamma, start_cont)
+    ac.retnorm.update(ret)
+    scale = ac.retnorm.scale()
+    policy = ac.policy(feat[:, :-1].detach())
+    entropy = policy.entropy()
+    if backprop:
+        objective = ret_actor / scale
+    else:
+        objective = policy.log_prob(torch.stack(raw, 1)) * (ret - value[:, :-1]).detach() / scale
+    actor_loss = -(weight * (objective + ac.entropy_scale * entropy)).mean()
+    dist = ac.value(feat[:, :-1].detach())
+    slow = ac.value(feat[:, :-1].detach(), slow=True).mean()
+    critic_loss = (weight * -(dist.log_prob(ret) + ac.slow_reg * dist.log_prob(slow))).mean()
+    return actor_loss, critic_loss
+
+
+@pytest.mark.parametrize("backbone,discrete,grad", [
+    ("s4wm", True, "reinforce"), ("rssm", True, "straight_through"),
+    ("tssm", False, "reinforce"), ("s5wm", False, "straight_through")])
+def test_actor_critic_loss_equals_plain_computation(backbone, discrete, grad):
+    """ActorCritic.loss keeps the actor's outputs from the rollout, runs the critic once under
+    REINFORCE and works time-major; same seed -> the same losses and gradients as the plain form."""
+    import copy
+    torch.manual_seed(0)
+    config = merge(load_blocks(), ["debug", backbone], {"ac.actor_grad": grad})
+    agent = build_agent(config, act_dim=3, discrete=discrete, device=torch.device("cpu"))
+    wm = agent.wm
+    data = {k: torch.as_tensor(v) for k, v in make_batch(B=2, T=6).items()}
+    with torch.no_grad():
+        _, _, start = wm.observe(wm.encoder(data["image"]), data["action"], data["is_first"],
+                                 wm.initial_state(2), torch.arange(6))
+    start_cont = torch.ones(12)
+    results = []
+    for fn in (lambda ac: ac.loss(wm, start, start_cont)[:2],
+               lambda ac: plain_ac_loss(ac, wm, start, start_cont)):
+        ac = copy.deepcopy(agent.ac)  # each its own return normaliser
+        ac.retnorm.update(torch.linspace(0, 3, 20))
+        torch.manual_seed(1)
+        actor_loss, critic_loss = fn(ac)
+        grads = [torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
+                 for loss, net in ((actor_loss, ac.actor), (critic_loss, ac.critic))]
+        results.append((actor_loss, critic_loss, grads))
+    (a1, c1, g1), (a2, c2, g2) = results
+    torch.testing.assert_close(a1, a2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c1, c2, rtol=1e-5, atol=1e-6)
+    for x, y in zip(g1[0] + g1[1], g2[0] + g2[1]):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("discrete,grad", [(False, "straight_through"), (False, "reinforce"),

@@ -7,6 +7,7 @@ import torch
 from agent.returns import ReturnNorm, lambda_returns, trajectory_weight
 from common.dists import LatentSpace, TwoHot, symexp, symlog, twohot_bins, twohot_encode
 from world_models import losses
+from world_models.nets import image_to_unit
 
 
 def test_symlog_symexp():
@@ -58,7 +59,7 @@ def test_unimix_floor():
 def test_image_loss_sums_squared_error_over_pixels():
     image = torch.full((1, 1, 2, 2, 3), 255, dtype=torch.uint8)
     pred = torch.zeros(1, 1, 2, 2, 3)  # target is 0.5 everywhere in [-0.5, 0.5] units
-    assert losses.image_loss(pred, image).item() == pytest.approx(12 * 0.25)
+    assert losses.image_loss(pred, image_to_unit(image)).item() == pytest.approx(12 * 0.25)
 
 
 def test_combine_requires_a_scale_per_term():
@@ -101,7 +102,7 @@ def test_nonfinite_returns_do_not_poison_the_normaliser():
     ac.retnorm = norm
 
     class BadModel:  # imagined rewards are NaN
-        def imagine(self, start, policy, horizon):
+        def imagine(self, start, policy, horizon, final_state=True):
             feat = torch.zeros(3, horizon + 1, 4)
             actions = torch.stack([policy(feat[:, t]) for t in range(horizon)], 1)
             return {"feat": feat, "action": actions}

@@ -17,7 +17,7 @@ from torch import nn
 from common.dists import LatentSpace, TwoHot, twohot_bins
 from world_models import losses
 from world_models.core import SequenceCore
-from world_models.nets import MLP, ConvDecoder, ConvEncoder
+from world_models.nets import MLP, ConvDecoder, ConvEncoder, image_to_unit
 
 
 class WorldModel(nn.Module):
@@ -94,13 +94,14 @@ class WorldModel(nn.Module):
         """World-model loss on a batch of sequences (data tensors (B, T, ...), see replay/).
 
         Returns (loss scalar, metrics dict, out, new_state, starts)."""
-        embed = self.encoder(data["image"])  # (B, T, E)
+        image = image_to_unit(data["image"])  # (B, T, H, W, C) float: encoder input and target
+        embed = self.encoder.embed(image)  # (B, T, E)
         out, new_state, starts = self.observe(embed, data["action"], data["is_first"], state,
                                               positions)
         feat = self.feat(out)  # (B, T, F)
         dyn, rep, kl = losses.kl_balance(self.latent, out["post"], out["prior"], self.free_nats)
         terms = {
-            "image": losses.image_loss(self.decoder(feat), data["image"]),
+            "image": losses.image_loss(self.decoder(feat), image),
             "reward": losses.reward_loss(self.reward_head(feat), data["reward"], self.bins),
             "cont": losses.cont_loss(self.cont_head(feat).squeeze(-1),
                                      1.0 - data["is_terminal"].float()),
@@ -114,10 +115,11 @@ class WorldModel(nn.Module):
             metrics["prior_entropy"] = self.latent.entropy(out["prior"]).mean()
         return loss, metrics, out, new_state, starts
 
-    def imagine(self, start: dict, policy, horizon: int) -> dict:
+    def imagine(self, start: dict, policy, horizon: int, final_state: bool = True) -> dict:
         """Roll the prior forward `horizon` steps with actions from `policy(feat) -> action`
         (or from a tensor of actions (N, H, A)). Returns 'feat' (N, H+1, F), 'action' (N, H, A)
-        where action_t is taken in state t and leads to state t+1, and the final 'state'."""
+        where action_t is taken in state t and leads to state t+1, and the final 'state' (only with
+        final_state: converting it back from the rollout form costs S4WM a fold of its window)."""
         params = self.img_params()  # once per rollout: the parameters do not change inside it
         state, feats, acts = self.img_begin(start, params), [self.feat(start)], []
         for t in range(horizon):
@@ -125,8 +127,13 @@ class WorldModel(nn.Module):
             state = self.img_step(state, action, params)
             feats.append(self.feat(state))
             acts.append(action)
-        return {"feat": torch.stack(feats, 1), "action": torch.stack(acts, 1),
-                "state": self.img_end(state)}
+        # stacked time-major and returned as (N, ...) views: .transpose(0, 1) gives contiguous
+        # (H+1, N, F) memory whose per-step slices the actor-critic's heads read without a copy
+        out = {"feat": torch.stack(feats, 0).transpose(0, 1),
+               "action": torch.stack(acts, 0).transpose(0, 1)}
+        if final_state:
+            out["state"] = self.img_end(state)
+        return out
 
     @torch.no_grad()
     def openloop(self, data: dict, context: int) -> torch.Tensor:

@@ -30,6 +30,12 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def image_to_unit(image: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [-0.5, 0.5] (x / 255 - 0.5): the encoder's input and the decoder's
+    target. One float copy, scaled in place (these are the largest tensors of an update)."""
+    return image.float().div_(255.0).sub_(0.5)
+
+
 def _stages(image_size: int, min_res: int = 4) -> int:
     stages = int(math.log2(image_size // min_res))
     if min_res * 2 ** stages != image_size:
@@ -52,9 +58,13 @@ class ConvEncoder(nn.Module):
         self.out_size = ch * 4 * 4
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        B, T, H, W, C = image.shape
-        x = image.reshape(B * T, H, W, C).float() / 255.0 - 0.5  # (BT, H, W, C)
-        x = x.permute(0, 3, 1, 2)  # (BT, C, H, W) with channels_last strides, no copy
+        return self.embed(image_to_unit(image))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding of images already in [-0.5, 0.5] units (`image_to_unit`), so that a loss
+        that also needs them converts once."""
+        B, T, H, W, C = x.shape
+        x = x.reshape(B * T, H, W, C).permute(0, 3, 1, 2)  # (BT, C, H, W), channels_last strides
         x = self.net(x)  # (BT, 8d, 4, 4)
         return x.reshape(B, T, -1)  # (B, T, E)
 

@@ -138,31 +138,32 @@ def _states_at(u, V, dA, dB, x0, is_first, pos):
 
 class S4DWindow:
     """An S4D layer's state during a rollout (see S4D.rollout_begin): the complex state x0 at the
-    window start, its free response over the window, and the inputs consumed since. Immutable
-    (the free response is a cache filled by the first step): `step` returns a new window, so
-    autograd sees an ordinary graph. A window's steps share one grad mode (a cache filled under
-    no_grad would carry no gradient to x0); rollouts never mix them."""
+    window start, the inputs consumed since, and `ahead` (B, H, L - j): the part of the outputs
+    y_j..y_{L-1} that is already known after j inputs (the free response of x0 plus every consumed
+    input's share of the convolution). Immutable (`ahead` is filled by the window's first step,
+    as a rollout may end on a fold): `step` returns a new window, so autograd sees an ordinary
+    graph. A window's steps share one grad mode (an `ahead` filled under no_grad would carry no
+    gradient to x0); rollouts never mix them."""
 
-    __slots__ = ("x0", "consts", "free", "us")
+    __slots__ = ("x0", "consts", "ahead", "us")
 
-    def __init__(self, x0, consts, free=None, us=()):
-        self.x0, self.consts, self.us = x0, consts, us
-        self.free = free  # computed by the window's first step (a rollout may end on a fold)
+    def __init__(self, x0, consts, ahead=None, us=()):
+        self.x0, self.consts, self.ahead, self.us = x0, consts, ahead, us
 
     def step(self, u: torch.Tensor):
         """u (B, H) -> (y (B, H), next window state)."""
-        if self.free is None:  # (B, H, L): 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
-            x_re = torch.cat([self.x0.real, self.x0.imag], -1).transpose(0, 1)  # (H, B, 2 N2)
-            self.free = torch.bmm(x_re, self.consts[1]).transpose(0, 1)  # (B, H, L)
-        k_flip, L = self.consts[0], self.free.shape[-1]
+        k, w_free = self.consts[0], self.consts[1]  # (H, L) K_0..K_{L-1} (D in K_0), (H, 2 N2, L)
+        ahead = self.ahead
+        if ahead is None:  # (B, H, L): 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
+            ahead = torch.bmm(_real_pairs(self.x0), w_free).transpose(0, 1)
+        m = ahead.shape[-1]  # steps left in the window, L - j
+        y = torch.addcmul(ahead[..., 0], k[:, 0], u)  # (B, H)
         us = self.us + (u,)
-        j = len(us) - 1
-        hist = torch.stack(us, -1)  # (B, H, j+1)
-        y = self.free[..., j] + (hist * k_flip[:, L - 1 - j:]).sum(-1)  # (B, H)
-        nxt = S4DWindow(self.x0, self.consts, self.free, us)
-        if len(us) == L:  # window full: fold it into the complex state that starts the next
-            nxt = S4DWindow(nxt.folded(), self.consts)
-        return y, nxt
+        if m == 1:  # window full: fold it into the complex state that starts the next
+            return y, S4DWindow(S4DWindow(self.x0, self.consts, None, us).folded(), self.consts)
+        # u's share of the later outputs: y_{j+i} += K_i u_j, i = 1..m-1 (one pass, O(L) per step)
+        ahead = torch.addcmul(ahead[..., 1:], u[..., None], k[:, 1:m])  # (B, H, m-1)
+        return y, S4DWindow(self.x0, self.consts, ahead, us)
 
     def folded(self) -> torch.Tensor:
         """Complex state after the inputs consumed so far: dA^m x0 + sum_s dB dA^(m-1-s) u_s."""
@@ -175,6 +176,13 @@ class S4DWindow:
         acc = torch.bmm(hist, w_fold[:, L - m:])  # (H, B, 2 N2) [Re, Im] interleaved
         driven = torch.view_as_complex(acc.reshape(H, hist.shape[1], -1, 2)).transpose(0, 1)
         return dAt[..., m] * self.x0 + driven  # (B, H, N2)
+
+
+def _real_pairs(x: torch.Tensor) -> torch.Tensor:
+    """Complex (B, H, N2) -> real (H, B, 2 N2) with [Re, Im] interleaved per mode; a view (no copy)
+    when x is H-major, as the states from `_states_at` and `folded` are."""
+    B, H, N2 = x.shape
+    return torch.view_as_real(x).reshape(B, H, 2 * N2).transpose(0, 1)
 
 
 class S4D(nn.Module):
@@ -272,10 +280,12 @@ class S4D(nn.Module):
         dAt = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, L+1)
         k = 2 * (C[..., None] * dB[..., None] * dAt[..., :L]).sum(1).real  # (H, L) K_0..K_{L-1}
         k = torch.cat([k[:, :1] + self.D[:, None], k[:, 1:]], 1)  # D u_j joins lag 0
-        w_free = re_weights((2 * C[..., None] * dAt[..., 1:]).transpose(1, 2))  # (H, L, 2 N2)
+        # free response: Re(w x) = Re w Re x - Im w Im x, rows [Re, Im] interleaved like _real_pairs
+        w = 2 * C[..., None] * dAt[..., 1:]  # (H, N2, L) weights of x0 for y_0..y_{L-1}
+        w_free = torch.stack([w.real, -w.imag], 2).reshape(dA.shape[0], 2 * N2, L)
         # fold: x_L = dA^L x0 + sum_s dB dA^(L-1-s) u_s; row s of w_fold weighs u_s, [Re, Im] pairs
         w_fold = torch.view_as_real((dB[..., None] * dAt[..., :L]).flip(-1).transpose(1, 2))
-        consts = (k.flip(-1), w_free.transpose(1, 2), w_fold.reshape(dA.shape[0], L, 2 * N2), dAt)
+        consts = (k, w_free, w_fold.reshape(dA.shape[0], L, 2 * N2), dAt)
         return S4DWindow(x0, consts)
 
     @staticmethod
