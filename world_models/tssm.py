@@ -141,21 +141,26 @@ class XLBlock(nn.Module):
         the query itself last; r = r_proj(pos) (M+1, D), distances M..0 (batch-independent, so
         computed once per rollout). Returns the new x and this step's k, v (B, D).
 
-        The query is spread into a block-diagonal (H, D) matrix (row h = head h's dims), so all
-        heads score against the cache in one bmm over its stored layout: the cache, the large
-        tensor, is read once and never copied or transposed."""
-        M = k_mem.shape[1]
+        Against the cache, the large tensor, the query is spread into a block-diagonal (H, D)
+        matrix (row h = head h's dims), so all heads score against it in one bmm over its stored
+        layout (never copied or transposed); the weighted sum of its values comes out as (H, D)
+        per row, of which each head's own block (the block diagonal) is the attention output.
+        Everything else (the query's own key and value, the position terms) is per head."""
+        B, M, D = k_mem.shape
+        H, Dh = self.n_heads, self.head_dim
         q, k, v = self.project(x)  # (B, D) each
-        heads = self.head_mask  # (H, D)
-        qu = (q + self.u.flatten())[:, None] * heads  # (B, H, D)
-        qv = (q + self.v.flatten())[:, None] * heads  # (B, H, D)
-        ac = torch.cat([qu @ k_mem.transpose(1, 2), qu @ k[:, :, None]], -1)  # (B, H, M+1)
-        bd = qv @ r.T  # (B, H, M+1): distances M..0 line up with [cache, self]
-        scores = (ac + bd) / math.sqrt(self.head_dim)  # (B, H, M+1)
+        qu = q + self.u.flatten()  # (B, D)
+        qv = (q + self.v.flatten()).view(B, H, Dh)
+        ac_mem = (qu[:, None] * self.head_mask) @ k_mem.transpose(1, 2)  # (B, H, M)
+        ac_self = (qu * k).view(B, H, Dh).sum(-1, keepdim=True)  # (B, H, 1)
+        r_heads = r.view(M + 1, H, Dh).permute(1, 2, 0)  # (H, Dh, M+1)
+        bd = torch.bmm(qv.transpose(0, 1), r_heads).transpose(0, 1)  # (B, H, M+1)
+        scores = (torch.cat([ac_mem, ac_self], -1) + bd) / math.sqrt(Dh)  # (B, H, M+1)
         scores = scores.masked_fill(~valid[:, None], float("-inf"))
         p = self.drop(scores.softmax(-1))  # (B, H, M+1)
-        att = (p[..., :M] @ v_mem + p[..., M:] * v[:, None]) * heads  # (B, H, D)
-        return self.finish(x, att.sum(1)), k, v  # att.sum(1) (B, D): each head's own dims
+        att_mem = (p[..., :M] @ v_mem).view(B, H, H, Dh).diagonal(0, 1, 2)  # (B, Dh, H)
+        att = att_mem.transpose(1, 2) + p[..., M:] * v.view(B, H, Dh)  # (B, H, Dh)
+        return self.finish(x, att.reshape(B, D)), k, v
 
     def finish(self, x, att):
         """Residual output projection and feed-forward; x, att (..., D)."""
