@@ -13,6 +13,7 @@ import copy
 import torch
 from torch import distributions as td
 from torch import nn
+from torch.profiler import record_function
 
 from agent.returns import ReturnNorm, lambda_returns, trajectory_weight
 from common.dists import TwoHot, twohot_bins, unimix_logits
@@ -79,8 +80,16 @@ class ActorCritic(nn.Module):
         features carry no gradient, one critic pass gives both the bootstrap values and the
         critic's loss. The trajectory is handled time-major, (H+1, N, F), so the per-step slices
         that the heads read are contiguous (a strided (N, H, F) slice costs matmul a copy)."""
+        with record_function("ac/imagine"):
+            feat, outs, raw = self._imagine(wm, start)
+        with record_function("ac/heads_loss"):
+            return self._losses(wm, feat, outs, raw, start_cont)
+
+    def _imagine(self, wm, start: dict):
+        """Roll out the policy: features (H+1, N, F), and per state 0..H-1 the actor's output
+        (with grad to the actor) and the action sample."""
         backprop = self.grad == "straight_through"
-        outs, raw = [], []  # actor outputs (with grad to the actor) and samples, per state 0..H-1
+        outs, raw = [], []
 
         def sample(feat):
             with torch.enable_grad():
@@ -94,6 +103,11 @@ class ActorCritic(nn.Module):
         with torch.set_grad_enabled(backprop):
             traj = wm.imagine(start, sample, self.horizon, final_state=False)
             feat = traj["feat"].transpose(0, 1).contiguous()  # (H+1, N, F); free if time-major
+        return feat, outs, raw
+
+    def _losses(self, wm, feat, outs, raw, start_cont):
+        backprop = self.grad == "straight_through"
+        with torch.set_grad_enabled(backprop):
             reward = wm.reward(feat[1:])  # (H, N)
             cont = wm.cont(feat[1:])  # (H, N)
         if backprop:  # the actor's values keep their gradient through the features; the critic's

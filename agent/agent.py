@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from agent.actor_critic import ActorCritic
 from common import dist
@@ -76,7 +77,9 @@ class Agent(torch.nn.Module):
         wm_loss, metrics, _, new_state, starts = self.wm.loss(data, state, positions)
         if not dist.all_true(torch.isfinite(wm_loss)):
             return {}, None, False
-        metrics["wm/grad_norm"] = self._step(self.wm_opt, wm_loss, self.wm.parameters(), self.wm_clip)
+        with record_function("wm/backward_step"):
+            metrics["wm/grad_norm"] = self._step(self.wm_opt, wm_loss, self.wm.parameters(),
+                                                 self.wm_clip)
         if not torch.isfinite(metrics["wm/grad_norm"]):
             return {}, None, False
 
@@ -85,10 +88,11 @@ class Agent(torch.nn.Module):
         actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, start, start_cont)
         if not dist.all_true(torch.isfinite(actor_loss) & torch.isfinite(critic_loss)):
             return {}, None, False  # the world model stepped; the actor-critic is left as it was
-        metrics["ac/actor_grad_norm"] = self._step(
-            self.actor_opt, actor_loss, self.ac.actor.parameters(), self.ac_clip)
-        metrics["ac/critic_grad_norm"] = self._step(
-            self.critic_opt, critic_loss, self.ac.critic.parameters(), self.ac_clip)
+        with record_function("ac/backward_step"):
+            metrics["ac/actor_grad_norm"] = self._step(
+                self.actor_opt, actor_loss, self.ac.actor.parameters(), self.ac_clip)
+            metrics["ac/critic_grad_norm"] = self._step(
+                self.critic_opt, critic_loss, self.ac.critic.parameters(), self.ac_clip)
         if not (torch.isfinite(metrics["ac/actor_grad_norm"])
                 and torch.isfinite(metrics["ac/critic_grad_norm"])):
             return {}, None, False

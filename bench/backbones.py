@@ -171,6 +171,26 @@ def profile_top(fn, device, path: pathlib.Path, top: int = 8) -> list[dict]:
              "pct": round(100 * getattr(e, attr) / total, 1), "calls": e.count} for e in best]
 
 
+# The record_function labels of one Agent.update (world_models/base.py, agent/), in order.
+PHASES = ("wm/encode", "wm/observe", "wm/decode_heads_loss", "wm/backward_step", "ac/imagine",
+          "ac/heads_loss", "ac/backward_step")
+
+
+def profile_phases(fn, device) -> dict:
+    """Seconds spent in each labelled phase of one call of fn (an Agent.update) under
+    torch.profiler (device time on CUDA); the profiler's overhead inflates the parts with many
+    small ops (RSSM's loop), so compare shares within a row, not against the timed update."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        fn()
+        sync(device)
+    attr = "device_time_total" if cuda else "cpu_time_total"
+    events = {e.key: e for e in prof.key_averages()}
+    return {k: round(getattr(events[k], attr) / 1e6, 3) for k in PHASES if k in events}
+
+
 # ---- cases: each yields (label, step function, items per step, world model) --------------------
 def chunked_step(wm, opt, B: int, T: int, chunk: int, loss_fn):
     """One training step over (B, T) in chunks of `chunk`: per chunk loss, backward, AdamW; the
@@ -268,6 +288,8 @@ def run_case(spec: dict) -> list[dict]:
         if spec["kind"] in ("train", "seq") and spec["length"] == spec["profile_length"]:
             path = pathlib.Path(spec["out"]) / f"profile_{spec['kind']}_{spec['backbone']}.txt"
             rec["profile"] = profile_top(step, device, path)
+        if spec["kind"] == "agent" and spec["profile_length"]:
+            rec["phases"] = profile_phases(step, device)
         records.append(rec)
     return records
 
@@ -396,6 +418,7 @@ def render(info: dict, results: list[dict], args) -> str:
             if tr or sq:
                 lines.append(_row([T, b] + _cells(tr, ref_t) + _cells(sq, ref_s)))
     lines += _imagine_table(results, args) + _agent_table(results, names)
+    lines += _phase_table(results, names)
     lines += _profile_table(ok, args)
     errors = [r for r in results if "error" in r]
     if errors:
@@ -435,6 +458,23 @@ def _agent_table(results, names) -> list[str]:
             val, ratio, mem = _cells(r, rows.get("rssm"))
             sec = _num(r["median_s"]) if "error" not in r else "err"
             lines.append(_row([b, f"{r['batch']} x {r['length']}", sec, val, ratio, mem]))
+    return lines
+
+
+def _phase_table(results, names) -> list[str]:
+    rows = {r["backbone"]: r for r in results if r["kind"] == "agent" and "phases" in r}
+    if not rows:
+        return []
+    lines = ["", "### One Agent.update by phase: seconds under torch.profiler (share)", "",
+             "| backbone | " + " | ".join(PHASES) + " | profiled total |",
+             "|---|" + "---|" * (len(PHASES) + 1)]
+    for b in names:
+        if b in rows:
+            ph = rows[b]["phases"]
+            total = sum(ph.values()) or 1.0
+            cells = [f"{_num(ph[k])} ({100 * ph[k] / total:.0f}%)" if k in ph else "-"
+                     for k in PHASES]
+            lines.append(_row([b, *cells, _num(total)]))
     return lines
 
 

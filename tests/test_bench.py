@@ -30,13 +30,17 @@ def test_every_case_runs_and_the_report_is_written(tmp_path):
 
 
 def test_a_case_runs_in_its_own_process_and_is_profiled(tmp_path):
-    results = backbones.main(TOY + ["--backbones", "rssm", "--kinds", "seq", "--lengths", "8",
-                                    "--profile-length", "8", "--out", str(tmp_path)])
-    [record] = results
+    results = backbones.main(TOY + ["--backbones", "rssm", "--kinds", "seq,agent", "--lengths",
+                                    "8", "--profile-length", "8", "--out", str(tmp_path)])
+    [record, update] = results
     assert "error" not in record, record
     assert record["kind"] == "seq" and record["length"] == 8 and record["peak_mb"] > 0
     assert record["profile"] and (tmp_path / "profile_seq_rssm.txt").exists()
-    assert "### Top ops by self time" in (tmp_path / "bench.md").read_text()
+    # the agent update is split into its record_function phases, each of them seen
+    assert update["kind"] == "agent" and set(update["phases"]) == set(backbones.PHASES)
+    assert all(t > 0 for t in update["phases"].values())
+    table = (tmp_path / "bench.md").read_text()
+    assert "### Top ops by self time" in table and "### One Agent.update by phase" in table
 
 
 def test_learning_benchmark_plots_existing_runs(tmp_path):

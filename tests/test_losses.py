@@ -124,6 +124,29 @@ def test_return_norm_percentile_range():
     assert norm.scale().item() == 1.0  # small returns are not amplified
 
 
+def test_onehot_sampler_draws_the_inverse_cdf_class():
+    """The binary search picks the class the plain inverse CDF picks from the same uniform draws
+    ((cdf < u) counted per row), ties and zero-probability classes included; without a gradient
+    the sample is the bare one-hot."""
+    from common.dists import sample_onehot
+    probs = torch.rand(300, 32, 16) ** 4
+    probs[:, :, 3] = 0.0  # a zero-probability class between others
+    torch.manual_seed(1)
+    z = sample_onehot(probs)
+    torch.manual_seed(1)
+    u = torch.rand(300, 32, 1)
+    cdf = probs.cumsum(-1)
+    index = (cdf < u * cdf[..., -1:]).sum(-1).clamp(max=15)
+    assert torch.equal(z, torch.nn.functional.one_hot(index, 16).float())
+    assert not z.requires_grad and z[..., 3].sum() == 0
+
+
+def test_latent_probs_equal_the_distribution_probs():
+    lat = LatentSpace("categorical", 4, 8, unimix=0.01)
+    stats = torch.randn(5, 32) * 3
+    torch.testing.assert_close(lat.probs(stats), lat.dist(stats).base_dist.probs)
+
+
 def test_onehot_sampler_matches_probabilities_and_passes_gradients():
     from common.dists import sample_onehot
     torch.manual_seed(0)

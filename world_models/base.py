@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from common.dists import LatentSpace, TwoHot, twohot_bins
 from world_models import losses
@@ -94,25 +95,29 @@ class WorldModel(nn.Module):
         """World-model loss on a batch of sequences (data tensors (B, T, ...), see replay/).
 
         Returns (loss scalar, metrics dict, out, new_state, starts)."""
-        image = image_to_unit(data["image"])  # (B, T, H, W, C) float: encoder input and target
-        embed = self.encoder.embed(image)  # (B, T, E)
-        out, new_state, starts = self.observe(embed, data["action"], data["is_first"], state,
-                                              positions)
-        feat = self.feat(out)  # (B, T, F)
-        dyn, rep, kl = losses.kl_balance(self.latent, out["post"], out["prior"], self.free_nats)
-        terms = {
-            "image": losses.image_loss(self.decoder(feat), image),
-            "reward": losses.reward_loss(self.reward_head(feat), data["reward"], self.bins),
-            "cont": losses.cont_loss(self.cont_head(feat).squeeze(-1),
-                                     1.0 - data["is_terminal"].float()),
-            "dyn": dyn,
-            "rep": rep,
-        }
-        loss, metrics = losses.combine(terms, self.scales)
-        metrics["kl"] = kl.mean()
-        with torch.no_grad():  # metrics only: no graph (1.5x cheaper than building one to detach)
-            metrics["post_entropy"] = self.latent.entropy(out["post"]).mean()
-            metrics["prior_entropy"] = self.latent.entropy(out["prior"]).mean()
+        with record_function("wm/encode"):
+            image = image_to_unit(data["image"])  # (B, T, H, W, C) float: encoder input, target
+            embed = self.encoder.embed(image)  # (B, T, E)
+        with record_function("wm/observe"):
+            out, new_state, starts = self.observe(embed, data["action"], data["is_first"], state,
+                                                  positions)
+        with record_function("wm/decode_heads_loss"):
+            feat = self.feat(out)  # (B, T, F)
+            dyn, rep, kl = losses.kl_balance(self.latent, out["post"], out["prior"],
+                                             self.free_nats)
+            terms = {
+                "image": losses.image_loss(self.decoder(feat), image),
+                "reward": losses.reward_loss(self.reward_head(feat), data["reward"], self.bins),
+                "cont": losses.cont_loss(self.cont_head(feat).squeeze(-1),
+                                         1.0 - data["is_terminal"].float()),
+                "dyn": dyn,
+                "rep": rep,
+            }
+            loss, metrics = losses.combine(terms, self.scales)
+            metrics["kl"] = kl.mean()
+            with torch.no_grad():  # metrics only: no graph (1.5x cheaper than one to detach)
+                metrics["post_entropy"] = self.latent.entropy(out["post"]).mean()
+                metrics["prior_entropy"] = self.latent.entropy(out["prior"]).mean()
         return loss, metrics, out, new_state, starts
 
     def imagine(self, start: dict, policy, horizon: int, final_state: bool = True) -> dict:
