@@ -146,6 +146,10 @@ def test_actor_critic_loss_equals_plain_computation(backbone, discrete, grad):
     config = merge(load_blocks(), ["debug", backbone], {"ac.actor_grad": grad})
     agent = build_agent(config, act_dim=3, discrete=discrete, device=torch.device("cpu"))
     wm = agent.wm
+    with torch.no_grad():  # zero-initialised outputs would make every value 0 and hide mistakes
+        for net in (agent.ac.critic, agent.ac.slow_critic, wm.reward_head):
+            net.net[-1].weight.normal_(0.0, 0.3)
+            net.net[-1].bias.normal_(0.0, 0.3)
     data = {k: torch.as_tensor(v) for k, v in make_batch(B=2, T=6).items()}
     with torch.no_grad():
         _, _, start = wm.observe(wm.encoder(data["image"]), data["action"], data["is_first"],
@@ -160,6 +164,10 @@ def test_actor_critic_loss_equals_plain_computation(backbone, discrete, grad):
         actor_loss, critic_loss = fn(ac)
         grads = [torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)
                  for loss, net in ((actor_loss, ac.actor), (critic_loss, ac.critic))]
+        # the critic's loss reaches neither the actor nor the world model
+        leak = torch.autograd.grad(critic_loss, [*ac.actor.parameters(), *wm.parameters()],
+                                   retain_graph=True, allow_unused=True)
+        assert all(g is None or not g.any() for g in leak)
         results.append((actor_loss, critic_loss, grads))
     (a1, c1, g1), (a2, c2, g2) = results
     torch.testing.assert_close(a1, a2, rtol=1e-5, atol=1e-6)

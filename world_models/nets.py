@@ -32,8 +32,9 @@ class MLP(nn.Module):
 
 def image_to_unit(image: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float in [-0.5, 0.5] (x / 255 - 0.5): the encoder's input and the decoder's
-    target. One float copy, scaled in place (these are the largest tensors of an update)."""
-    return image.float().div_(255.0).sub_(0.5)
+    target. One float copy (always a copy: the input may share memory with replay's arrays),
+    scaled in place (these are the largest tensors of an update)."""
+    return image.to(torch.float32, copy=True).div_(255.0).sub_(0.5)
 
 
 def _stages(image_size: int, min_res: int = 4) -> int:
