@@ -106,6 +106,7 @@ class ActorCritic(nn.Module):
         return feat, outs, raw
 
     def _losses(self, wm, feat, outs, raw, start_cont):
+        """(actor_loss, critic_loss, metrics) of a rollout from `_imagine`; start_cont (N,)."""
         backprop = self.grad == "straight_through"
         with torch.set_grad_enabled(backprop):
             reward = wm.reward(feat[1:])  # (H, N)

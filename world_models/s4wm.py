@@ -140,9 +140,9 @@ class S4DWindow:
     """An S4D layer's state during a rollout (see S4D.rollout_begin): the complex state x0 at the
     window start, the inputs consumed since, and `ahead` (B, H, L - j): the part of the outputs
     y_j..y_{L-1} that is already known after j inputs (the free response of x0 plus every consumed
-    input's share of the convolution). Immutable (`ahead` is filled by the window's first step,
-    as a rollout may end on a fold): `step` returns a new window, so autograd sees an ordinary
-    graph. A window's steps share one grad mode (an `ahead` filled under no_grad would carry no
+    input's share of the convolution); it is None until the window's first step computes it (a
+    rollout may end on a fold, which does not need it). Immutable: `step` returns a new window, so
+    autograd sees an ordinary graph. A window's steps share one grad mode (an `ahead` filled under no_grad would carry no
     gradient to x0); rollouts never mix them."""
 
     __slots__ = ("x0", "consts", "ahead", "us")
