@@ -56,14 +56,16 @@ def main(argv=None) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = dist.init(pick_device(config.device))  # joins the process group under torchrun
+    finished = False
     try:
         if config.mode == "offline":  # a memory benchmark: the world model alone, on its dataset
             from memory.train import run as run_offline
             run_offline(config, offline_name(config), device)
         else:
             run(config, device)
+        finished = True
     finally:
-        dist.close()
+        dist.close(wait=finished)
 
 
 def batch_size(config) -> int:

@@ -51,8 +51,14 @@ def init(device: torch.device) -> torch.device:
     return device
 
 
-def close() -> None:
+def close(wait: bool = False) -> None:
+    """Leave the process group. wait (a normal end): first wait until every rank gets here, so no
+    rank tears its connections down while another still works (rank 0 evaluates and writes alone;
+    a gloo teardown racing a live peer aborted a rank once in CI). Not after an error: the other
+    ranks may never arrive (torchrun stops them)."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
