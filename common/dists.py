@@ -70,7 +70,8 @@ def sample_onehot(probs: torch.Tensor) -> torch.Tensor:
     u = torch.rand(probs.shape[:-1] + (1,), device=probs.device, dtype=probs.dtype)
     cdf = probs.detach().cumsum(-1)  # (..., C)
     index = torch.searchsorted(cdf, u * cdf[..., -1:]).clamp_(max=probs.shape[-1] - 1)  # (..., 1)
-    onehot = torch.zeros(probs.shape, device=probs.device, dtype=probs.dtype).scatter_(-1, index, 1.0)
+    onehot = torch.zeros_like(probs, memory_format=torch.contiguous_format)
+    onehot.scatter_(-1, index, 1.0)
     return onehot + probs - probs.detach() if probs.requires_grad else onehot
 
 

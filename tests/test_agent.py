@@ -117,7 +117,8 @@ def plain_ac_loss(ac, wm, start, start_cont):
         feat = wm.imagine(start, sample, ac.horizon)["feat"].contiguous()  # (N, H+1, F)
         reward, cont = wm.reward(feat[:, 1:]), wm.cont(feat[:, 1:])  # (N, H)
     value = ac.value(feat).mean()  # (N, H+1)
-    ret_actor = lambda_returns(reward, cont, value if backprop else value.detach(), ac.gamma, ac.lam)
+    ret_actor = lambda_returns(reward, cont, value if backprop else value.detach(), ac.gamma,
+                               ac.lam)
     ret = ret_actor.detach()
     weight = trajectory_weight(cont.detach(), ac.gamma, start_cont)
     ac.retnorm.update(ret)

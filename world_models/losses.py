@@ -11,7 +11,7 @@ from common.dists import LatentSpace, TwoHot
 def image_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Gaussian NLL with unit variance up to a constant: squared error summed over pixels.
     pred, target (B, T, H, W, C) in [-0.5, 0.5] units (target = nets.image_to_unit(uint8 image))
-    -> (B, T). One fused kernel each way (mse_loss), as the images are the update's largest tensors."""
+    -> (B, T). One fused kernel each way (mse_loss): the images are the update's largest tensors."""
     return F.mse_loss(pred, target, reduction="none").sum((-3, -2, -1))
 
 

@@ -142,8 +142,8 @@ class S4DWindow:
     y_j..y_{L-1} that is already known after j inputs (the free response of x0 plus every consumed
     input's share of the convolution); it is None until the window's first step computes it (a
     rollout may end on a fold, which does not need it). Immutable: `step` returns a new window, so
-    autograd sees an ordinary graph. A window's steps share one grad mode (an `ahead` filled under no_grad would carry no
-    gradient to x0); rollouts never mix them."""
+    autograd sees an ordinary graph. A window's steps share one grad mode (an `ahead` filled under
+    no_grad would carry no gradient to x0); rollouts never mix them."""
 
     __slots__ = ("x0", "consts", "ahead", "us")
 
