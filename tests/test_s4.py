@@ -7,7 +7,7 @@ off-by-one power of dA, a leak across a reset or a dropped initial state changes
 import pytest
 import torch
 
-from world_models.s4wm import S4D, S4Core, next_fast_len, segment_conv
+from world_models.s4wm import S4D, S4Core, S4DStart, _real_pairs, next_fast_len, segment_conv
 
 from tests.core_helpers import CPLX, TOL, assert_close, resets
 
@@ -74,6 +74,7 @@ def test_conv_matches_reference_outputs_and_gradients():
     f, w = resets(B, T), torch.randn(B, T, H, dtype=torch.float64)
     pos = torch.tensor([0, 9, 20, 5, T - 1, 9])
     y, xT, at = m(u, f, x0, pos)
+    at = at.states()  # lazy S4DStart -> (B*K, H, N2)
     y_ref, xs_ref = m.forward_reference(u, f, x0)
     at_ref = xs_ref[:, pos].reshape(B * len(pos), H, N // 2)
     assert_close([y, xT, at], [y_ref, xs_ref[:, -1], at_ref], 1e-8)
@@ -107,5 +108,35 @@ def test_states_at_every_branch_equals_stepped_states(x0_kind, inner_resets):
     pos = torch.tensor([T - 1, 0, 9, 9, 20, 5, 30])  # unsorted, repeated
     with torch.no_grad():
         _, xT, at = m(u, f, x0, pos)
+        at = at.states()
         _, xs_ref = m.forward_reference(u, f, x0)
     assert_close([xT, at], [xs_ref[:, -1], xs_ref[:, pos].reshape(B * len(pos), H, N // 2)], 1e-10)
+
+
+@pytest.mark.parametrize('x0_kind', ['zero', 'some_rows'])
+@pytest.mark.parametrize('inner_resets', [False, True])
+def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_resets):
+    """S4DStart.free (a convolution of the inputs, no states built) == the plain readout
+    bmm(_real_pairs(states), w_free), values and gradient to the readout weights, in every branch
+    (x0 term for some rows or none; segments split by resets after t=0 or not)."""
+    m = layer(torch.float64)
+    u = torch.randn(B, T, H, dtype=torch.float64)
+    f = resets(B, T) if inner_resets else torch.zeros(B, T, dtype=torch.bool)
+    f[2, 0] = True  # row 2 never sees x0
+    x0 = torch.randn(B, H, N // 2, dtype=torch.complex128)
+    if x0_kind == 'zero':
+        x0.zero_()
+    else:
+        x0[1].zero_()
+    pos = torch.tensor([T - 1, 0, 9, 9, 20, 5, 30])  # unsorted, repeated
+    _, _, start = m(u, f, x0, pos)
+    assert isinstance(start, S4DStart) and start._states is None
+    w_free = torch.randn(H, N, 16, dtype=torch.float64, requires_grad=True)
+    fast = start.free(w_free)
+    assert start._states is None  # the states were not built
+    plain = torch.bmm(_real_pairs(start.states()), w_free).transpose(0, 1)
+    assert fast.shape == plain.shape == (B * len(pos), H, 16)
+    assert_close(fast, plain, 1e-10)
+    probe = torch.randn_like(fast)
+    g_fast, g_plain = (torch.autograd.grad((x * probe).sum(), w_free)[0] for x in (fast, plain))
+    assert_close(g_fast, g_plain, 1e-9)

@@ -72,6 +72,7 @@ def test_states_at_equal_stepped_states_and_continue(name):
     s0 = noisy_state(m)
     pos = torch.tensor([0, 8, 9, 20, T - 1, 3])
     h, _, at = m(g, f, s0, pos)
+    at = m.rollout_end(at)  # S4: the lazy S4DStart's states
     state, stepped = s0, []
     for t in range(T):
         _, state = m.step(g[:, t], state, f[:, t])
@@ -138,4 +139,38 @@ def test_rollout_form_equals_plain_steps(name):
     for a, b in zip(f_r, f_p):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     for a, b in zip(g_r, g_p):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", CORES)
+def test_rollout_from_states_at_after_a_parameter_update(name):
+    """Imagination from the parallel pass's start states (S4: lazy S4DStart, whose first window
+    reads the inputs, not the states) after the parameters changed (the agent steps the world model
+    before it imagines) == plain steps with the new parameters from the states the old parameters
+    built: outputs over 40 steps (two folds) and every parameter's gradient, float64."""
+    m = core(name, torch.float64)
+    g, f = torch.randn(B, T, H, dtype=torch.float64), resets(B, T)
+    pos = torch.tensor([T - 1, 0, 9, 20, 5])
+    _, _, at = m(g, f, noisy_state(m), pos)
+    at = tree_map(torch.Tensor.detach, at)  # as the agent does (S4DStart: already detached)
+    with torch.no_grad():  # an optimiser step between the world-model pass and imagination
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    plain_start = [s.clone() for s in m.rollout_end(at)]  # materialised before any rollout
+    g_img = torch.randn(B * len(pos), 40, H, dtype=torch.float64)
+    outs = {}
+    for form in ("plain", "rollout"):
+        params = m.step_params()
+        state = plain_start if form == "plain" else m.rollout_begin(at, params)
+        hs = []
+        for t in range(40):
+            h, state = m.step(g_img[:, t], state, params=params)
+            hs.append(h)
+        h = torch.stack(hs, 1)
+        final = m.rollout_end(state)
+        loss = h.square().sum() + sum(s.abs().square().sum() for s in final)
+        outs[form] = (h, final, torch.autograd.grad(loss, list(m.parameters())))
+    (h_p, f_p, g_p), (h_r, f_r, g_r) = outs["plain"], outs["rollout"]
+    torch.testing.assert_close(h_r, h_p, rtol=1e-10, atol=1e-10)
+    for a, b in zip([*f_r, *g_r], [*f_p, *g_p]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -53,26 +53,33 @@ def s4d_init(d_state: int, init: str):
 def segment_conv(u: torch.Tensor, k: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     """Causal convolution y_t = sum_{s<=t, seg_s = seg_t} k_{t-s} u_s, exact across segment borders.
 
-    u (B, H, T), k (H, T), seg (B, T) long, non-decreasing segment id per row (0 for the first).
+    u (B, H, T), k (H, *E, T) with E any extra kernel dims (one output per kernel), seg (B, T)
+    long, non-decreasing segment id per row (0 for the first). Returns y (B, H, *E, T).
     Every (row, segment) pair that occurs becomes one masked input row (B + number of resets rows in
     all), convolved on its own; y_t is read from the row of its own segment. The kernel's spectrum
     is computed once; FFT length: a fast size >= 2T, so the circular convolution is linear.
     """
     B, H, T = u.shape
     n = next_fast_len(2 * T)
-    k_f = torch.fft.rfft(k, n=n)  # (H, n//2+1)
+    k_f = torch.fft.rfft(k, n=n)  # (H, *E, n//2+1)
+    extra = (1,) * (k.dim() - 2)  # spectra of u broadcast over the kernel's extra dims
+
+    def conv(x):  # (R, H, T) -> (R, H, *E, T)
+        x_f = torch.fft.rfft(x, n=n)
+        return torch.fft.irfft(x_f.reshape(*x_f.shape[:2], *extra, -1) * k_f, n=n)[..., :T]
+
     n_seg = seg[:, -1] + 1  # (B,) segments per row
     R = int(n_seg.sum())
     if R == B:  # no reset after t=0 anywhere
-        return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., :T]  # (B, H, T)
+        return conv(u)  # (B, H, *E, T)
     first = torch.cumsum(n_seg, 0) - n_seg  # (B,) row of each batch entry's segment 0
     owner = torch.repeat_interleave(torch.arange(B, device=u.device), n_seg, output_size=R)  # (R,)
     which = torch.arange(R, device=u.device) - first[owner]  # (R,) segment id within its row
     u_seg = u[owner] * (seg[owner] == which[:, None])[:, None].to(u.dtype)  # (R, H, T)
-    y_seg = torch.fft.irfft(torch.fft.rfft(u_seg, n=n) * k_f, n=n)[..., :T]  # (R, H, T)
+    y_seg = conv(u_seg).movedim(-1, 1)  # (R, T, H, *E)
     rows = first[:, None] + seg  # (B, T) segment row of every step
-    y = y_seg.transpose(1, 2)[rows, torch.arange(T, device=u.device)]  # (B, T, H)
-    return y.transpose(1, 2)  # (B, H, T)
+    y = y_seg[rows, torch.arange(T, device=u.device)]  # (B, T, H, *E)
+    return y.movedim(1, -1)  # (B, H, *E, T)
 
 
 def vandermonde(dtA: torch.Tensor, T: int) -> torch.Tensor:
@@ -136,9 +143,66 @@ def _states_at(u, V, dA, dB, x0, is_first, pos):
     return xs
 
 
+class S4DStart:
+    """Start states of imagination, kept lazy: the S4D states x_p after consuming u_p for p in pos
+    (B*K rows, b-major), from the detached inputs and discretisation of the convolution pass that
+    saw them. A rollout needs only their free response over its first window, `free`, which is a
+    convolution of the inputs (no (B*K, H, N/2) complex state is built); the states themselves
+    are built once on demand (`states`) by `step`, by a window's fold and by `S4D.rollout_end`.
+
+    Built under no_grad (imagination starts carry no gradient, core.py); `free` keeps the grad
+    mode of its caller, so the rollout parameters' readout weights get their gradient as with a
+    plain state. u (B, H, T), is_first (B, T) bool, pos (K,), x0 (B, H, N2) complex, dA and dB
+    (H, N2) complex, V (H, 2 N2, T) from `vandermonde`."""
+
+    __slots__ = ("u", "is_first", "pos", "x0", "dA", "dB", "V", "_states")
+
+    def __init__(self, u, is_first, pos, x0, dA, dB, V):
+        self.u, self.is_first, self.pos, self.x0 = u, is_first, pos, x0
+        self.dA, self.dB, self.V, self._states = dA, dB, V, None
+
+    def states(self) -> torch.Tensor:
+        """The complex states (B*K, H, N2), b-major; computed on the first call, then kept."""
+        if self._states is None:
+            with torch.no_grad():
+                at = _states_at(self.u, self.V, self.dA, self.dB, self.x0, self.is_first, self.pos)
+            self._states = at.reshape(-1, *at.shape[2:])  # a view of the H-major matmul output
+        return self._states
+
+    def free(self, w_free: torch.Tensor) -> torch.Tensor:
+        """bmm(_real_pairs(states()), w_free).transpose(0, 1) without the states: (B*K, H, L).
+
+        w_free (H, 2 N2, L): readout weights [Re w, -Im w] interleaved per mode, one column per
+        window step j (S4D.rollout_begin). With x_p = sum_r dB dA^r u_{p-r} (r up to the last
+        reset) + [no reset in [0, p]] dA^(p+1) x0, output j at position p is
+            sum_r M[j, r] u_{p-r} + [no reset] Re(sum_n w_nj dA_n^(p+1) x0_n),
+        M[j, r] = Re(sum_n w_nj dB_n dA_n^r): an (H, L, T) kernel from one small matmul, applied by
+        `segment_conv` (exact at resets). The x0 term is one real matmul for the rows x0 reaches.
+        """
+        if self._states is not None:  # already built: the plain contraction is cheaper
+            return torch.bmm(_real_pairs(self._states), w_free).transpose(0, 1)
+        u, V, dA, dB, x0, pos = self.u, self.V, self.dA, self.dB, self.x0, self.pos
+        B, H, T = u.shape
+        N2, L, K = dA.shape[1], w_free.shape[-1], len(pos)
+        dAr = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, T) dA^r
+        w_in = torch.view_as_real((dB[..., None] * dAr).transpose(1, 2)).reshape(H, T, 2 * N2)
+        kern = torch.bmm(w_in, w_free).transpose(1, 2)  # (H, L, T) M[j, r]
+        n_reset = self.is_first.long().cumsum(1)  # (B, T)
+        free = segment_conv(u, kern, n_reset - n_reset[:, :1])[..., pos]  # (B, H, L, K)
+        keep0 = n_reset[:, pos] == 0  # (B, K) no reset in [0, p]
+        live = (keep0.any(1) & x0.flatten(1).ne(0).any(1)).nonzero()[:, 0]  # (R,) rows x0 reaches
+        if len(live):
+            w = torch.complex(w_free[:, 0::2], -w_free[:, 1::2])  # (H, N2, L)
+            z = (dA * x0[live])[..., None] * w  # (R, H, N2, L) w_nj dA_n x0_n
+            z = torch.cat([z.real, -z.imag], 2)  # (R, H, 2 N2, L), Re(z v) against [Re; Im] v
+            term = torch.einsum('rhnl,hnk->rhlk', z, V[:, :, pos])  # (R, H, L, K) x dA^p
+            free = free.index_add(0, live, term * keep0[live, None, None].to(term.dtype))
+        return free.permute(0, 3, 1, 2).reshape(B * K, H, L)  # (B*K, H, L) b-major
+
+
 class S4DWindow:
     """An S4D layer's state during a rollout (see S4D.rollout_begin): the complex state x0 at the
-    window start, the inputs consumed since, and `ahead` (B, H, L - j): the part of the outputs
+    window start (or the lazy S4DStart it comes from, built only if the window folds), the inputs consumed since, and `ahead` (B, H, L - j): the part of the outputs
     y_j..y_{L-1} that is already known after j inputs (the free response of x0 plus every consumed
     input's share of the convolution); it is None until the window's first step computes it (a
     rollout may end on a fold, which does not need it). Immutable: `step` returns a new window, so
@@ -168,14 +232,15 @@ class S4DWindow:
     def folded(self) -> torch.Tensor:
         """Complex state after the inputs consumed so far: dA^m x0 + sum_s dB dA^(m-1-s) u_s."""
         m = len(self.us)
+        x0 = self.x0.states() if isinstance(self.x0, S4DStart) else self.x0
         if m == 0:
-            return self.x0
+            return x0
         _, _, w_fold, dAt = self.consts
         H, L, _ = w_fold.shape
         hist = torch.stack(self.us, -1).transpose(0, 1)  # (H, B, m)
         acc = torch.bmm(hist, w_fold[:, L - m:])  # (H, B, 2 N2) [Re, Im] interleaved
         driven = torch.view_as_complex(acc.reshape(H, hist.shape[1], -1, 2)).transpose(0, 1)
-        return dAt[..., m] * self.x0 + driven  # (B, H, N2)
+        return dAt[..., m] * x0 + driven  # (B, H, N2)
 
 
 def _real_pairs(x: torch.Tensor) -> torch.Tensor:
@@ -219,7 +284,8 @@ class S4D(nn.Module):
     def forward(self, u: torch.Tensor, is_first: torch.Tensor, x0: torch.Tensor, positions=None):
         """Convolution mode. u (B, T, H), is_first (B, T) bool, x0 (B, H, N/2) complex.
 
-        Returns y (B, T, H), final state (B, H, N/2), states at positions (B*K, H, N/2) or None.
+        Returns y (B, T, H), final state (B, H, N/2), and the states at positions as a lazy
+        S4DStart (B*K rows, b-major; `states()` gives the (B*K, H, N/2) tensor) or None.
         """
         B, T, H = u.shape
         u = u.transpose(1, 2)  # (B, H, T)
@@ -236,8 +302,9 @@ class S4D(nn.Module):
         if positions is None:
             return y.transpose(1, 2), final, None
         with torch.no_grad():  # imagination starts are detached (core.py): keep no graph for them
-            at = _states_at(u, V, dA, dB, x0, is_first, positions.to(u.device))  # (B, K, H, N2)
-        return y.transpose(1, 2), final, at.reshape(-1, H, at.shape[-1])  # (B*K, H, N2) b-major
+            at = S4DStart(*(x.detach() for x in (u, is_first, positions.to(u.device), x0, dA,
+                                                 dB, V)))
+        return y.transpose(1, 2), final, at  # at: B*K lazy states, b-major
 
     def step_params(self):
         """dA (H, N/2) complex, [Re, Im] of dB (H, N/2, 2) real and C (H, N/2) complex, for `step`;
@@ -252,6 +319,8 @@ class S4D(nn.Module):
             if is_first is not None:
                 raise ValueError("an S4D rollout window does not reset: imagination only")
             return x.step(u)
+        if isinstance(x, S4DStart):
+            x = x.states()
         if is_first is not None:
             x = torch.where(is_first[:, None, None], torch.zeros_like(x), x)
         dA, dB_re_im, C, _ = self.step_params() if params is None else params
@@ -286,12 +355,17 @@ class S4D(nn.Module):
         # fold: x_L = dA^L x0 + sum_s dB dA^(L-1-s) u_s; row s of w_fold weighs u_s, [Re, Im] pairs
         w_fold = torch.view_as_real((dB[..., None] * dAt[..., :L]).flip(-1).transpose(1, 2))
         consts = (k, w_free, w_fold.reshape(dA.shape[0], L, 2 * N2), dAt)
+        if isinstance(x0, S4DStart):  # free response straight from the inputs (no states built)
+            return S4DWindow(x0, consts, x0.free(w_free))
         return S4DWindow(x0, consts)
 
     @staticmethod
-    def rollout_end(state: "S4DWindow") -> torch.Tensor:
-        """The plain complex state (B, H, N/2) after a rollout's last step."""
-        return state.folded()
+    def rollout_end(state) -> torch.Tensor:
+        """The plain complex state (B, H, N/2) after a rollout's last step; also of a lazy S4DStart
+        (its states) and of a plain state (itself)."""
+        if isinstance(state, S4DWindow):
+            return state.folded()
+        return state.states() if isinstance(state, S4DStart) else state
 
     def forward_reference(self, u, is_first, x0):
         """Slow reference for tests: y (B, T, H) and every state (B, T, H, N/2) from a loop of `step`."""
