@@ -7,6 +7,7 @@ off-by-one power of dA, a leak across a reset or a dropped initial state changes
 import pytest
 import torch
 
+from world_models import s4wm
 from world_models.s4wm import S4D, S4Core, S4DStart, _real_pairs, next_fast_len, segment_conv
 
 from tests.core_helpers import CPLX, TOL, assert_close, resets
@@ -115,10 +116,15 @@ def test_states_at_every_branch_equals_stepped_states(x0_kind, inner_resets):
 
 @pytest.mark.parametrize('x0_kind', ['zero', 'some_rows'])
 @pytest.mark.parametrize('inner_resets', [False, True])
-def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_resets):
+@pytest.mark.parametrize('chunked', [False, True])
+def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_resets, chunked,
+                                                              monkeypatch):
     """S4DStart.free (a convolution of the inputs, no states built) == the plain readout
     bmm(_real_pairs(states), w_free), values and gradient to the readout weights, in every branch
-    (x0 term for some rows or none; segments split by resets after t=0 or not)."""
+    (x0 term for some rows or none; segments split by resets after t=0 or not; the convolution in
+    one piece or one kernel row per chunk)."""
+    if chunked:
+        monkeypatch.setattr(s4wm, 'FREE_CHUNK_BYTES', 1)
     m = layer(torch.float64)
     u = torch.randn(B, T, H, dtype=torch.float64)
     f = resets(B, T) if inner_resets else torch.zeros(B, T, dtype=torch.bool)
@@ -134,8 +140,8 @@ def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_re
     w_free = torch.randn(H, N, 16, dtype=torch.float64, requires_grad=True)
     fast = start.free(w_free)
     assert start._states is None  # the states were not built
-    plain = torch.bmm(_real_pairs(start.states()), w_free).transpose(0, 1)
-    assert fast.shape == plain.shape == (B * len(pos), H, 16)
+    plain = torch.bmm(_real_pairs(start.states()), w_free).permute(2, 1, 0)
+    assert fast.shape == plain.shape == (16, B * len(pos), H) and fast.is_contiguous()
     assert_close(fast, plain, 1e-10)
     probe = torch.randn_like(fast)
     g_fast, g_plain = (torch.autograd.grad((x * probe).sum(), w_free)[0] for x in (fast, plain))

@@ -23,6 +23,10 @@ from torch import nn
 from world_models.ssm_blocks import SSMStack, loop_reference
 
 
+# S4DStart.free: bytes of spectrum product per chunk of its convolution (see there)
+FREE_CHUNK_BYTES = 1 << 24
+
+
 def next_fast_len(n: int) -> int:
     """Smallest m >= n with no prime factor above 5 (fast FFT sizes for pocketfft and cuFFT)."""
     m = n
@@ -50,14 +54,33 @@ def s4d_init(d_state: int, init: str):
     return torch.full_like(n, -0.5), imag
 
 
+def segment_rows(seg: torch.Tensor):
+    """The segment rows of a batch with episode resets, for exact convolutions across them.
+
+    seg (B, T) long, non-decreasing segment id per row (0 for the first). Every (row, segment) pair
+    that occurs becomes one row: returns owner (R,) the batch row of each, mask (R, T) bool the
+    steps of its segment, and rows (B, T) the segment row of every step; None when no row has a
+    reset after t=0 (R == B, the plain batch). One host sync (R) per call.
+    """
+    B, T = seg.shape
+    n_seg = seg[:, -1] + 1  # (B,) segments per row
+    R = int(n_seg.sum())
+    if R == B:
+        return None
+    first = torch.cumsum(n_seg, 0) - n_seg  # (B,) row of each batch entry's segment 0
+    owner = torch.repeat_interleave(torch.arange(B, device=seg.device), n_seg, output_size=R)
+    which = torch.arange(R, device=seg.device) - first[owner]  # (R,) segment id within its row
+    return owner, seg[owner] == which[:, None], first[:, None] + seg
+
+
 def segment_conv(u: torch.Tensor, k: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     """Causal convolution y_t = sum_{s<=t, seg_s = seg_t} k_{t-s} u_s, exact across segment borders.
 
     u (B, H, T), k (H, *E, T) with E any extra kernel dims (one output per kernel), seg (B, T)
     long, non-decreasing segment id per row (0 for the first). Returns y (B, H, *E, T).
-    Every (row, segment) pair that occurs becomes one masked input row (B + number of resets rows in
-    all), convolved on its own; y_t is read from the row of its own segment. The kernel's spectrum
-    is computed once; FFT length: a fast size >= 2T, so the circular convolution is linear.
+    Every (row, segment) pair that occurs becomes one masked input row (`segment_rows`), convolved
+    on its own; y_t is read from the row of its own segment. The kernel's spectrum is computed
+    once; FFT length: a fast size >= 2T, so the circular convolution is linear.
     """
     B, H, T = u.shape
     n = next_fast_len(2 * T)
@@ -68,16 +91,11 @@ def segment_conv(u: torch.Tensor, k: torch.Tensor, seg: torch.Tensor) -> torch.T
         x_f = torch.fft.rfft(x, n=n)
         return torch.fft.irfft(x_f.reshape(*x_f.shape[:2], *extra, -1) * k_f, n=n)[..., :T]
 
-    n_seg = seg[:, -1] + 1  # (B,) segments per row
-    R = int(n_seg.sum())
-    if R == B:  # no reset after t=0 anywhere
+    split = segment_rows(seg)
+    if split is None:  # no reset after t=0 anywhere
         return conv(u)  # (B, H, *E, T)
-    first = torch.cumsum(n_seg, 0) - n_seg  # (B,) row of each batch entry's segment 0
-    owner = torch.repeat_interleave(torch.arange(B, device=u.device), n_seg, output_size=R)  # (R,)
-    which = torch.arange(R, device=u.device) - first[owner]  # (R,) segment id within its row
-    u_seg = u[owner] * (seg[owner] == which[:, None])[:, None].to(u.dtype)  # (R, H, T)
-    y_seg = conv(u_seg).movedim(-1, 1)  # (R, T, H, *E)
-    rows = first[:, None] + seg  # (B, T) segment row of every step
+    owner, mask, rows = split
+    y_seg = conv(u[owner] * mask[:, None].to(u.dtype)).movedim(-1, 1)  # (R, T, H, *E)
     y = y_seg[rows, torch.arange(T, device=u.device)]  # (B, T, H, *E)
     return y.movedim(1, -1)  # (B, H, *E, T)
 
@@ -170,44 +188,63 @@ class S4DStart:
         return self._states
 
     def free(self, w_free: torch.Tensor) -> torch.Tensor:
-        """bmm(_real_pairs(states()), w_free).transpose(0, 1) without the states: (B*K, H, L).
+        """The first window's `ahead` of the states, (L, B*K, H), without building the states:
+        equal to bmm(_real_pairs(states()), w_free).permute(2, 1, 0).
 
         w_free (H, 2 N2, L): readout weights [Re w, -Im w] interleaved per mode, one column per
         window step j (S4D.rollout_begin). With x_p = sum_r dB dA^r u_{p-r} (r up to the last
         reset) + [no reset in [0, p]] dA^(p+1) x0, output j at position p is
             sum_r M[j, r] u_{p-r} + [no reset] Re(sum_n w_nj dA_n^(p+1) x0_n),
-        M[j, r] = Re(sum_n w_nj dB_n dA_n^r): an (H, L, T) kernel from one small matmul, applied by
-        `segment_conv` (exact at resets). The x0 term is one real matmul for the rows x0 reaches.
+        M[j, r] = Re(sum_n w_nj dB_n dA_n^r): an (L, T, H) kernel from one small matmul, applied as
+        an FFT convolution over time per episode segment (`segment_rows`, exact at resets). The x0
+        term is one real matmul for the rows x0 reaches.
         """
         if self._states is not None:  # already built: the plain contraction is cheaper
-            return torch.bmm(_real_pairs(self._states), w_free).transpose(0, 1)
+            return torch.bmm(_real_pairs(self._states), w_free).permute(2, 1, 0).contiguous()
         u, V, dA, dB, x0, pos = self.u, self.V, self.dA, self.dB, self.x0, self.pos
         B, H, T = u.shape
         N2, L, K = dA.shape[1], w_free.shape[-1], len(pos)
         dAr = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, T) dA^r
         w_in = torch.view_as_real((dB[..., None] * dAr).transpose(1, 2)).reshape(H, T, 2 * N2)
-        kern = torch.bmm(w_in, w_free).transpose(1, 2)  # (H, L, T) M[j, r]
+        kern = torch.bmm(w_in, w_free).permute(2, 1, 0)  # (L, T, H) M[j, r], channels last
         n_reset = self.is_first.long().cumsum(1)  # (B, T)
-        free = segment_conv(u, kern, n_reset - n_reset[:, :1])[..., pos]  # (B, H, L, K)
+        # the convolution runs over dim T of (.., T, H) tensors, so its output is already laid out
+        # as the window's (L, rows, H); chunks of the kernel keep each temporary near 16 MB (on CPU
+        # a larger one is a fresh mmap that page-faults in full on every call)
+        split = segment_rows(n_reset - n_reset[:, :1])
+        x = u.transpose(1, 2)  # (B, T, H)
+        if split is None:
+            rows = torch.arange(B, device=u.device)[:, None]  # (B, 1)
+        else:  # one input row per episode segment, each step read from its own segment's row
+            owner, mask, rows = split
+            x, rows = x[owner] * mask[..., None].to(x.dtype), rows[:, pos]  # (R, T, H), (B, K)
+        n = next_fast_len(2 * T)
+        x_f = torch.fft.rfft(x, n=n, dim=1)  # (R, n//2+1, H)
+        k_f = torch.fft.rfft(kern, n=n, dim=1)  # (L, n//2+1, H)
+        c = max(1, FREE_CHUNK_BYTES // x_f.nbytes)  # kernel rows per chunk
+        free = torch.cat([torch.fft.irfft(k_f[i:i + c, None] * x_f, n=n, dim=2)[:, rows, pos]
+                          for i in range(0, L, c)])  # (L, B, K, H)
         keep0 = n_reset[:, pos] == 0  # (B, K) no reset in [0, p]
         live = (keep0.any(1) & x0.flatten(1).ne(0).any(1)).nonzero()[:, 0]  # (R,) rows x0 reaches
         if len(live):
             w = torch.complex(w_free[:, 0::2], -w_free[:, 1::2])  # (H, N2, L)
             z = (dA * x0[live])[..., None] * w  # (R, H, N2, L) w_nj dA_n x0_n
             z = torch.cat([z.real, -z.imag], 2)  # (R, H, 2 N2, L), Re(z v) against [Re; Im] v
-            term = torch.einsum('rhnl,hnk->rhlk', z, V[:, :, pos])  # (R, H, L, K) x dA^p
-            free = free.index_add(0, live, term * keep0[live, None, None].to(term.dtype))
-        return free.permute(0, 3, 1, 2).reshape(B * K, H, L)  # (B*K, H, L) b-major
+            term = torch.einsum('rhnl,hnk->lrkh', z, V[:, :, pos])  # (L, R, K, H) x dA^p
+            free = free.index_add(1, live, term * keep0[live, :, None].to(term.dtype))
+        return free.reshape(L, B * K, H)  # b-major rows
 
 
 class S4DWindow:
     """An S4D layer's state during a rollout (see S4D.rollout_begin): the complex state x0 at the
-    window start (or the lazy S4DStart it comes from, built only if the window folds), the inputs consumed since, and `ahead` (B, H, L - j): the part of the outputs
-    y_j..y_{L-1} that is already known after j inputs (the free response of x0 plus every consumed
-    input's share of the convolution); it is None until the window's first step computes it (a
-    rollout may end on a fold, which does not need it). Immutable: `step` returns a new window, so
-    autograd sees an ordinary graph. A window's steps share one grad mode (an `ahead` filled under
-    no_grad would carry no gradient to x0); rollouts never mix them."""
+    window start (or the lazy S4DStart it comes from, built only if the window folds), the inputs
+    consumed since, and `ahead` (L - j, B, H), time-major: the part of the outputs y_j..y_{L-1}
+    that is already known after j inputs (the free response of x0 plus every consumed input's
+    share of the convolution); it is None until the window's first step computes it (a rollout may
+    end on a fold, which does not need it). Time-major keeps the per-step work on contiguous
+    (B, H) rows. Immutable: `step` returns a new window, so autograd sees an ordinary graph. A
+    window's steps share one grad mode (an `ahead` filled under no_grad would carry no gradient to
+    x0); rollouts never mix them."""
 
     __slots__ = ("x0", "consts", "ahead", "us")
 
@@ -216,17 +253,17 @@ class S4DWindow:
 
     def step(self, u: torch.Tensor):
         """u (B, H) -> (y (B, H), next window state)."""
-        k, w_free = self.consts[0], self.consts[1]  # (H, L) K_0..K_{L-1} (D in K_0), (H, 2 N2, L)
+        k, w_free = self.consts[0], self.consts[1]  # (L, H) K_0..K_{L-1} (D in K_0), (H, 2 N2, L)
         ahead = self.ahead
-        if ahead is None:  # (B, H, L): 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
-            ahead = torch.bmm(_real_pairs(self.x0), w_free).transpose(0, 1)
-        m = ahead.shape[-1]  # steps left in the window, L - j
-        y = torch.addcmul(ahead[..., 0], k[:, 0], u)  # (B, H)
+        if ahead is None:  # (L, B, H): 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
+            ahead = torch.bmm(_real_pairs(self.x0), w_free).permute(2, 1, 0).contiguous()
+        m = ahead.shape[0]  # steps left in the window, L - j
+        y = torch.addcmul(ahead[0], k[0], u)  # (B, H)
         us = self.us + (u,)
         if m == 1:  # window full: fold it into the complex state that starts the next
             return y, S4DWindow(S4DWindow(self.x0, self.consts, None, us).folded(), self.consts)
         # u's share of the later outputs: y_{j+i} += K_i u_j, i = 1..m-1 (one pass, O(L) per step)
-        ahead = torch.addcmul(ahead[..., 1:], u[..., None], k[:, 1:m])  # (B, H, m-1)
+        ahead = torch.addcmul(ahead[1:], u, k[1:m, None])  # (m-1, B, H)
         return y, S4DWindow(self.x0, self.consts, ahead, us)
 
     def folded(self) -> torch.Tensor:
@@ -348,7 +385,8 @@ class S4D(nn.Module):
         V = vandermonde(dtA, L + 1)  # (H, 2 N2, L+1) [Re; Im] dA^t, t = 0..L
         dAt = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, L+1)
         k = 2 * (C[..., None] * dB[..., None] * dAt[..., :L]).sum(1).real  # (H, L) K_0..K_{L-1}
-        k = torch.cat([k[:, :1] + self.D[:, None], k[:, 1:]], 1)  # D u_j joins lag 0
+        k = torch.cat([k[:, :1] + self.D[:, None], k[:, 1:]], 1).t().contiguous()  # (L, H)
+        # D u_j joins lag 0; time-major like the window's `ahead`
         # free response: Re(w x) = Re w Re x - Im w Im x, rows [Re, Im] interleaved like _real_pairs
         w = 2 * C[..., None] * dAt[..., 1:]  # (H, N2, L) weights of x0 for y_0..y_{L-1}
         w_free = torch.stack([w.real, -w.imag], 2).reshape(dA.shape[0], 2 * N2, L)
