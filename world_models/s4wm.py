@@ -187,9 +187,9 @@ class S4DStart:
             self._states = at.reshape(-1, *at.shape[2:])  # a view of the H-major matmul output
         return self._states
 
-    def free(self, w_free: torch.Tensor) -> torch.Tensor:
-        """The first window's `ahead` of the states, (L, B*K, H), without building the states:
-        equal to bmm(_real_pairs(states()), w_free).permute(2, 1, 0).
+    def free(self, w_free: torch.Tensor) -> tuple:
+        """The first window's `ahead` of the states without building the states: L tensors
+        (B*K, H), equal to bmm(_real_pairs(states()), w_free).permute(2, 1, 0).unbind(0).
 
         w_free (H, 2 N2, L): readout weights [Re w, -Im w] interleaved per mode, one column per
         window step j (S4D.rollout_begin). With x_p = sum_r dB dA^r u_{p-r} (r up to the last
@@ -200,7 +200,7 @@ class S4DStart:
         term is one real matmul for the rows x0 reaches.
         """
         if self._states is not None:  # already built: the plain contraction is cheaper
-            return torch.bmm(_real_pairs(self._states), w_free).permute(2, 1, 0).contiguous()
+            return _readout(self._states, w_free)
         u, V, dA, dB, x0, pos = self.u, self.V, self.dA, self.dB, self.x0, self.pos
         B, H, T = u.shape
         N2, L, K = dA.shape[1], w_free.shape[-1], len(pos)
@@ -218,33 +218,44 @@ class S4DStart:
         else:  # one input row per episode segment, each step read from its own segment's row
             owner, mask, rows = split
             x, rows = x[owner] * mask[..., None].to(x.dtype), rows[:, pos]  # (R, T, H), (B, K)
+        keep0 = n_reset[:, pos] == 0  # (B, K) no reset in [0, p]
+        live = (keep0.any(1) & x0.flatten(1).ne(0).any(1)).nonzero()[:, 0]  # (R,) rows x0 reaches
+        if len(live):  # x0 term Re(sum_n w_nj dA_n^(p+1) x0_n): z (R, H, 2 N2, L) against dA^p
+            w = torch.complex(w_free[:, 0::2], -w_free[:, 1::2])  # (H, N2, L)
+            z = (dA * x0[live])[..., None] * w  # (R, H, N2, L) w_nj dA_n x0_n
+            z = torch.cat([z.real, -z.imag], 2)  # Re(z v) against [Re; Im] v
+            Vp, keep = V[:, :, pos], keep0[live, :, None].to(z.dtype)  # (H, 2 N2, K), (R, K, 1)
         n = next_fast_len(2 * T)
         x_f = torch.fft.rfft(x, n=n, dim=1)  # (R, n//2+1, H)
         k_f = torch.fft.rfft(kern, n=n, dim=1)  # (L, n//2+1, H)
         c = max(1, FREE_CHUNK_BYTES // x_f.nbytes)  # kernel rows per chunk
-        free = torch.cat([torch.fft.irfft(k_f[i:i + c, None] * x_f, n=n, dim=2)[:, rows, pos]
-                          for i in range(0, L, c)])  # (L, B, K, H)
-        keep0 = n_reset[:, pos] == 0  # (B, K) no reset in [0, p]
-        live = (keep0.any(1) & x0.flatten(1).ne(0).any(1)).nonzero()[:, 0]  # (R,) rows x0 reaches
-        if len(live):
-            w = torch.complex(w_free[:, 0::2], -w_free[:, 1::2])  # (H, N2, L)
-            z = (dA * x0[live])[..., None] * w  # (R, H, N2, L) w_nj dA_n x0_n
-            z = torch.cat([z.real, -z.imag], 2)  # (R, H, 2 N2, L), Re(z v) against [Re; Im] v
-            term = torch.einsum('rhnl,hnk->lrkh', z, V[:, :, pos])  # (L, R, K, H) x dA^p
-            free = free.index_add(1, live, term * keep0[live, :, None].to(term.dtype))
-        return free.reshape(L, B * K, H)  # b-major rows
+        slots = []
+        for i in range(0, L, c):
+            y = torch.fft.irfft(k_f[i:i + c, None] * x_f, n=n, dim=2)[:, rows, pos]  # (c, B, K, H)
+            if len(live):  # (c, R, K, H), one real matmul per channel
+                term = torch.einsum('rhnl,hnk->lrkh', z[..., i:i + c], Vp) * keep
+                y = y.index_add(1, live, term)
+            slots += y.reshape(-1, B * K, H).unbind(0)  # b-major rows
+        return tuple(slots)
+
+
+def _readout(x: torch.Tensor, w_free: torch.Tensor) -> tuple:
+    """A window's `ahead` from its complex start state x (B, H, N2): L tensors (B, H),
+    Re(sum_n w_nj x_n) for the readout weights w_free (H, 2 N2, L) of S4D.rollout_begin."""
+    return torch.bmm(_real_pairs(x), w_free).permute(2, 1, 0).contiguous().unbind(0)
 
 
 class S4DWindow:
     """An S4D layer's state during a rollout (see S4D.rollout_begin): the complex state x0 at the
     window start (or the lazy S4DStart it comes from, built only if the window folds), the inputs
-    consumed since, and `ahead` (L - j, B, H), time-major: the part of the outputs y_j..y_{L-1}
-    that is already known after j inputs (the free response of x0 plus every consumed input's
-    share of the convolution); it is None until the window's first step computes it (a rollout may
-    end on a fold, which does not need it). Time-major keeps the per-step work on contiguous
-    (B, H) rows. Immutable: `step` returns a new window, so autograd sees an ordinary graph. A
-    window's steps share one grad mode (an `ahead` filled under no_grad would carry no gradient to
-    x0); rollouts never mix them."""
+    consumed since, and `ahead`: L - j tensors (B, H), the part of the outputs y_j..y_{L-1} that
+    is already known after j inputs (the free response of x0 plus every consumed input's share of
+    the convolution); it is None until the window's first step computes it (a rollout may end on
+    a fold, which does not need it). One tensor per output step keeps every temporary at (B, H)
+    (on CPU one (L, B, H) tensor of tens of MB would be a fresh page-faulting mmap at every step).
+    Immutable: `step` returns a new window, so autograd sees an ordinary graph. A window's steps
+    share one grad mode (an `ahead` filled under no_grad would carry no gradient to x0); rollouts
+    never mix them."""
 
     __slots__ = ("x0", "consts", "ahead", "us")
 
@@ -255,15 +266,14 @@ class S4DWindow:
         """u (B, H) -> (y (B, H), next window state)."""
         k, w_free = self.consts[0], self.consts[1]  # (L, H) K_0..K_{L-1} (D in K_0), (H, 2 N2, L)
         ahead = self.ahead
-        if ahead is None:  # (L, B, H): 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
-            ahead = torch.bmm(_real_pairs(self.x0), w_free).permute(2, 1, 0).contiguous()
-        m = ahead.shape[0]  # steps left in the window, L - j
+        if ahead is None:  # 2 Re(sum_n C_n dA_n^(j+1) x0_n), one matmul per channel
+            ahead = _readout(self.x0, w_free)
         y = torch.addcmul(ahead[0], k[0], u)  # (B, H)
         us = self.us + (u,)
-        if m == 1:  # window full: fold it into the complex state that starts the next
+        if len(ahead) == 1:  # window full: fold it into the complex state that starts the next
             return y, S4DWindow(S4DWindow(self.x0, self.consts, None, us).folded(), self.consts)
-        # u's share of the later outputs: y_{j+i} += K_i u_j, i = 1..m-1 (one pass, O(L) per step)
-        ahead = torch.addcmul(ahead[1:], u, k[1:m, None])  # (m-1, B, H)
+        # u's share of the later outputs: y_{j+i} += K_i u_j, i = 1..m-1 (O(L) per step)
+        ahead = tuple(torch.addcmul(a, k[i], u) for i, a in enumerate(ahead[1:], 1))
         return y, S4DWindow(self.x0, self.consts, ahead, us)
 
     def folded(self) -> torch.Tensor:
@@ -386,7 +396,7 @@ class S4D(nn.Module):
         dAt = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, L+1)
         k = 2 * (C[..., None] * dB[..., None] * dAt[..., :L]).sum(1).real  # (H, L) K_0..K_{L-1}
         k = torch.cat([k[:, :1] + self.D[:, None], k[:, 1:]], 1).t().contiguous()  # (L, H)
-        # D u_j joins lag 0; time-major like the window's `ahead`
+        # D u_j joins lag 0; k[i] is the (H,) row the window multiplies u by for y_{j+i}
         # free response: Re(w x) = Re w Re x - Im w Im x, rows [Re, Im] interleaved like _real_pairs
         w = 2 * C[..., None] * dAt[..., 1:]  # (H, N2, L) weights of x0 for y_0..y_{L-1}
         w_free = torch.stack([w.real, -w.imag], 2).reshape(dA.shape[0], 2 * N2, L)
