@@ -100,6 +100,12 @@ def segment_conv(u: torch.Tensor, k: torch.Tensor, seg: torch.Tensor) -> torch.T
     return y.movedim(1, -1)  # (B, H, *E, T)
 
 
+def _cexp(z: torch.Tensor) -> torch.Tensor:
+    """exp of a complex tensor as exp(Re z) (cos Im z + i sin Im z): the same values to rounding,
+    about 4x faster on CPU than torch.exp's complex kernel (measured at (512, 32, 16))."""
+    return torch.polar(torch.exp(z.real), z.imag)
+
+
 def vandermonde(dtA: torch.Tensor, T: int) -> torch.Tensor:
     """[Re dA^t ; Im dA^t] for t in [0, T) as one real (H, 2*N2, T) tensor, real parts first.
 
@@ -111,8 +117,8 @@ def vandermonde(dtA: torch.Tensor, T: int) -> torch.Tensor:
     L = math.isqrt(T - 1) + 1
     Q = -(-T // L)
     steps = torch.arange(max(L, Q), device=dtA.device, dtype=dtA.real.dtype)
-    lo = torch.exp(dtA[..., None] * steps[:L])  # (H, N2, L)
-    hi = torch.exp(dtA[..., None] * (steps[:Q] * L))  # (H, N2, Q)
+    lo = _cexp(dtA[..., None] * steps[:L])  # (H, N2, L)
+    hi = _cexp(dtA[..., None] * (steps[:Q] * L))  # (H, N2, Q)
     V = torch.view_as_real(hi[..., :, None] * lo[..., None, :])  # (H, N2, Q, L, 2)
     return V.permute(0, 4, 1, 2, 3).reshape(H, 2 * N2, Q * L)[..., :T]  # (H, 2 N2, T)
 
@@ -120,6 +126,26 @@ def vandermonde(dtA: torch.Tensor, T: int) -> torch.Tensor:
 def re_weights(w: torch.Tensor) -> torch.Tensor:
     """[Re w, -Im w] (..., 2 N2), so that Re(sum_n w_n v_n) = re_weights(w) . [Re v ; Im v]."""
     return torch.cat([w.real, -w.imag], -1)  # (..., 2 N2)
+
+
+def _final_state(u, V, dA, dB, x0, is_first):
+    """State after the chunk's last input, (B, H, N/2) complex (an H-major view):
+        x_{T-1} = dB sum_r dA^r u_{T-1-r}  (r back to the row's last reset)
+                  + [no reset in the chunk] dA^T x0.
+    dB does not depend on r, so it is applied after the contraction: one real matmul of the
+    reversed inputs with V as it is, no (H, T, N/2) weights (what `_states_at` builds for any
+    positions; at T = 256 that cost more than the matmul). No host sync.
+    u (B, H, T), V (H, 2 N2, T) from `vandermonde`, dA/dB (H, N2), x0 (B, H, N2), is_first (B, T).
+    """
+    N2 = dA.shape[1]
+    n_reset = is_first.long().cumsum(1)  # (B, T)
+    u = u * (n_reset == n_reset[:, -1:])[:, None].to(u.dtype)  # inputs of the last segment only
+    u_rev = u.transpose(0, 1).contiguous().flip(-1)  # (H, B, T) u_{T-1-r}; bmm wants it dense
+    acc = torch.bmm(u_rev, V.transpose(1, 2))  # (H, B, 2 N2) [Re; Im] of sum_r dA^r u_{T-1-r}
+    x = dB[:, None] * torch.complex(acc[..., :N2], acc[..., N2:])  # (H, B, N2)
+    dAT = dA * torch.complex(V[:, :N2, -1], V[:, N2:, -1])  # (H, N2) dA^T
+    keep0 = (n_reset[:, -1] == 0).to(u.dtype)[:, None, None]  # (B, 1, 1) no reset in the chunk
+    return (x + (dAT * x0).transpose(0, 1) * keep0.transpose(0, 1)).transpose(0, 1)
 
 
 def _states_at(u, V, dA, dB, x0, is_first, pos):
@@ -344,8 +370,7 @@ class S4D(nn.Module):
         w0 = re_weights(C * dA * x0).transpose(0, 1).contiguous()  # (H, B, 2 N2)
         free = 2 * torch.bmm(w0, V).transpose(0, 1)  # (B, H, T) x0 response
         y = y + free * (n_reset == 0)[:, None].to(u.dtype) + self.D[:, None] * u
-        last = torch.tensor([T - 1], device=u.device)
-        final = _states_at(u, V, dA, dB, x0, is_first, last)[:, 0]  # (B, H, N2)
+        final = _final_state(u, V, dA, dB, x0, is_first)  # (B, H, N2)
         if positions is None:
             return y.transpose(1, 2), final, None
         with torch.no_grad():  # imagination starts are detached (core.py): keep no graph for them
