@@ -116,15 +116,13 @@ def test_states_at_every_branch_equals_stepped_states(x0_kind, inner_resets):
 
 @pytest.mark.parametrize('x0_kind', ['zero', 'some_rows'])
 @pytest.mark.parametrize('inner_resets', [False, True])
-@pytest.mark.parametrize('chunked', [False, True])
-def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_resets, chunked,
+@pytest.mark.parametrize('chunk_rows', [None, 1, 3])
+def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_resets, chunk_rows,
                                                               monkeypatch):
     """S4DStart.free (a convolution of the inputs, no states built) == the plain readout
     bmm(_real_pairs(states), w_free), values and gradient to the readout weights, in every branch
     (x0 term for some rows or none; segments split by resets after t=0 or not; the convolution in
-    one piece or one kernel row per chunk)."""
-    if chunked:
-        monkeypatch.setattr(s4wm, 'FREE_CHUNK_BYTES', 1)
+    one piece, or 1 or 3 of its 16 kernel rows per chunk)."""
     m = layer(torch.float64)
     u = torch.randn(B, T, H, dtype=torch.float64)
     f = resets(B, T) if inner_resets else torch.zeros(B, T, dtype=torch.bool)
@@ -135,6 +133,12 @@ def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_re
     else:
         x0[1].zero_()
     pos = torch.tensor([T - 1, 0, 9, 9, 20, 5, 30])  # unsorted, repeated
+    if chunk_rows:  # budget for chunk_rows kernel rows of the (rows, n//2+1, H) spectrum
+        n_reset = f.long().cumsum(1)
+        split = s4wm.segment_rows(n_reset - n_reset[:, :1])
+        rows = B if split is None else len(split[0])
+        row_bytes = rows * (s4wm.next_fast_len(2 * T) // 2 + 1) * H * 16  # complex128
+        monkeypatch.setattr(s4wm, 'FREE_CHUNK_BYTES', chunk_rows * row_bytes)
     _, _, start = m(u, f, x0, pos)
     assert isinstance(start, S4DStart) and start._states is None
     w_free = torch.randn(H, N, 16, dtype=torch.float64, requires_grad=True)

@@ -76,28 +76,22 @@ def segment_rows(seg: torch.Tensor):
 def segment_conv(u: torch.Tensor, k: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
     """Causal convolution y_t = sum_{s<=t, seg_s = seg_t} k_{t-s} u_s, exact across segment borders.
 
-    u (B, H, T), k (H, *E, T) with E any extra kernel dims (one output per kernel), seg (B, T)
-    long, non-decreasing segment id per row (0 for the first). Returns y (B, H, *E, T).
+    u (B, H, T), k (H, T), seg (B, T) long, non-decreasing segment id per row (0 for the first).
     Every (row, segment) pair that occurs becomes one masked input row (`segment_rows`), convolved
     on its own; y_t is read from the row of its own segment. The kernel's spectrum is computed
     once; FFT length: a fast size >= 2T, so the circular convolution is linear.
     """
     B, H, T = u.shape
     n = next_fast_len(2 * T)
-    k_f = torch.fft.rfft(k, n=n)  # (H, *E, n//2+1)
-    extra = (1,) * (k.dim() - 2)  # spectra of u broadcast over the kernel's extra dims
-
-    def conv(x):  # (R, H, T) -> (R, H, *E, T)
-        x_f = torch.fft.rfft(x, n=n)
-        return torch.fft.irfft(x_f.reshape(*x_f.shape[:2], *extra, -1) * k_f, n=n)[..., :T]
-
+    k_f = torch.fft.rfft(k, n=n)  # (H, n//2+1)
     split = segment_rows(seg)
     if split is None:  # no reset after t=0 anywhere
-        return conv(u)  # (B, H, *E, T)
+        return torch.fft.irfft(torch.fft.rfft(u, n=n) * k_f, n=n)[..., :T]  # (B, H, T)
     owner, mask, rows = split
-    y_seg = conv(u[owner] * mask[:, None].to(u.dtype)).movedim(-1, 1)  # (R, T, H, *E)
-    y = y_seg[rows, torch.arange(T, device=u.device)]  # (B, T, H, *E)
-    return y.movedim(1, -1)  # (B, H, *E, T)
+    u_seg = u[owner] * mask[:, None].to(u.dtype)  # (R, H, T)
+    y_seg = torch.fft.irfft(torch.fft.rfft(u_seg, n=n) * k_f, n=n)[..., :T]  # (R, H, T)
+    y = y_seg.transpose(1, 2)[rows, torch.arange(T, device=u.device)]  # (B, T, H)
+    return y.transpose(1, 2)  # (B, H, T)
 
 
 def _cexp(z: torch.Tensor) -> torch.Tensor:
@@ -193,10 +187,12 @@ class S4DStart:
     saw them. A rollout needs only their free response over its first window, `free`, which is a
     convolution of the inputs (no (B*K, H, N/2) complex state is built); the states themselves
     are built once on demand (`states`) by `step`, by a window's fold and by `S4D.rollout_end`.
+    It is not a tensor: tree helpers (common/tree.py) pass it through unchanged, so index, move
+    or save start states only after `rollout_end` (or `states()`) has made them tensors.
 
-    Built under no_grad (imagination starts carry no gradient, core.py); `free` keeps the grad
-    mode of its caller, so the rollout parameters' readout weights get their gradient as with a
-    plain state. u (B, H, T), is_first (B, T) bool, pos (K,), x0 (B, H, N2) complex, dA and dB
+    Built under no_grad (imagination starts carry no gradient, core.py); `free` runs in the grad
+    mode of `rollout_begin`, so the rollout parameters' readout weights get their gradient as with
+    a plain state. u (B, H, T), is_first (B, T) bool, pos (K,), x0 (B, H, N2) complex, dA and dB
     (H, N2) complex, V (H, 2 N2, T) from `vandermonde`."""
 
     __slots__ = ("u", "is_first", "pos", "x0", "dA", "dB", "V", "_states")
@@ -225,8 +221,6 @@ class S4DStart:
         an FFT convolution over time per episode segment (`segment_rows`, exact at resets). The x0
         term is one real matmul for the rows x0 reaches.
         """
-        if self._states is not None:  # already built: the plain contraction is cheaper
-            return _readout(self._states, w_free)
         u, V, dA, dB, x0, pos = self.u, self.V, self.dA, self.dB, self.x0, self.pos
         B, H, T = u.shape
         N2, L, K = dA.shape[1], w_free.shape[-1], len(pos)
@@ -235,8 +229,9 @@ class S4DStart:
         kern = torch.bmm(w_in, w_free).permute(2, 1, 0)  # (L, T, H) M[j, r], channels last
         n_reset = self.is_first.long().cumsum(1)  # (B, T)
         # the convolution runs over dim T of (.., T, H) tensors, so its output is already laid out
-        # as the window's (L, rows, H); chunks of the kernel keep each temporary near 16 MB (on CPU
-        # a larger one is a fresh mmap that page-faults in full on every call)
+        # as the window's (L, rows, H); chunks of kernel rows keep each temporary near
+        # FREE_CHUNK_BYTES (one row when a row alone is larger): on CPU a larger one is a fresh
+        # mmap that page-faults in full on every call
         split = segment_rows(n_reset - n_reset[:, :1])
         x = u.transpose(1, 2)  # (B, T, H)
         if split is None:
@@ -246,11 +241,10 @@ class S4DStart:
             x, rows = x[owner] * mask[..., None].to(x.dtype), rows[:, pos]  # (R, T, H), (B, K)
         keep0 = n_reset[:, pos] == 0  # (B, K) no reset in [0, p]
         live = (keep0.any(1) & x0.flatten(1).ne(0).any(1)).nonzero()[:, 0]  # (R,) rows x0 reaches
-        if len(live):  # x0 term Re(sum_n w_nj dA_n^(p+1) x0_n): z (R, H, 2 N2, L) against dA^p
+        if len(live):  # x0 term Re(sum_n w_nj dA_n^(p+1) x0_n), per chunk below
             w = torch.complex(w_free[:, 0::2], -w_free[:, 1::2])  # (H, N2, L)
-            z = (dA * x0[live])[..., None] * w  # (R, H, N2, L) w_nj dA_n x0_n
-            z = torch.cat([z.real, -z.imag], 2)  # Re(z v) against [Re; Im] v
-            Vp, keep = V[:, :, pos], keep0[live, :, None].to(z.dtype)  # (H, 2 N2, K), (R, K, 1)
+            dAx0 = (dA * x0[live])[..., None]  # (R, H, N2, 1)
+            Vp, keep = V[:, :, pos], keep0[live, :, None].to(u.dtype)  # (H, 2 N2, K), (R, K, 1)
         n = next_fast_len(2 * T)
         x_f = torch.fft.rfft(x, n=n, dim=1)  # (R, n//2+1, H)
         k_f = torch.fft.rfft(kern, n=n, dim=1)  # (L, n//2+1, H)
@@ -258,8 +252,10 @@ class S4DStart:
         slots = []
         for i in range(0, L, c):
             y = torch.fft.irfft(k_f[i:i + c, None] * x_f, n=n, dim=2)[:, rows, pos]  # (c, B, K, H)
-            if len(live):  # (c, R, K, H), one real matmul per channel
-                term = torch.einsum('rhnl,hnk->lrkh', z[..., i:i + c], Vp) * keep
+            if len(live):  # z = w_nj dA_n x0_n (R, H, 2 N2, c) against [Re; Im] dA^p
+                z = dAx0 * w[..., i:i + c]
+                z = torch.cat([z.real, -z.imag], 2)  # Re(z v) = Re z Re v - Im z Im v
+                term = torch.einsum('rhnl,hnk->lrkh', z, Vp) * keep  # (c, R, K, H)
                 y = y.index_add(1, live, term)
             slots += y.reshape(-1, B * K, H).unbind(0)  # b-major rows
         return tuple(slots)
@@ -276,12 +272,13 @@ class S4DWindow:
     window start (or the lazy S4DStart it comes from, built only if the window folds), the inputs
     consumed since, and `ahead`: L - j tensors (B, H), the part of the outputs y_j..y_{L-1} that
     is already known after j inputs (the free response of x0 plus every consumed input's share of
-    the convolution); it is None until the window's first step computes it (a rollout may end on
-    a fold, which does not need it). One tensor per output step keeps every temporary at (B, H)
+    the convolution). From a plain state it is None until the window's first step computes it (a
+    rollout may end on a fold, which does not need it); from an S4DStart, rollout_begin fills it
+    (`S4DStart.free`). One tensor per output step keeps every temporary at (B, H)
     (on CPU one (L, B, H) tensor of tens of MB would be a fresh page-faulting mmap at every step).
     Immutable: `step` returns a new window, so autograd sees an ordinary graph. A window's steps
-    share one grad mode (an `ahead` filled under no_grad would carry no gradient to x0); rollouts
-    never mix them."""
+    and its rollout_begin share one grad mode (an `ahead` filled under no_grad would carry no
+    gradient to x0 or the readout); rollouts never mix them."""
 
     __slots__ = ("x0", "consts", "ahead", "us")
 
@@ -386,7 +383,9 @@ class S4D(nn.Module):
 
     def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None,
              params=None):
-        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x. params: step_params() or None."""
+        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x. params: step_params() or None.
+        x may also be an S4DWindow (rollout form, returns the next window) or an S4DStart (its
+        states are built)."""
         if isinstance(x, S4DWindow):
             if is_first is not None:
                 raise ValueError("an S4D rollout window does not reset: imagination only")
@@ -402,13 +401,15 @@ class S4D(nn.Module):
         torch.view_as_real(x).addcmul_(u[..., None, None], dB_re_im)
         return 2 * (C * x).sum(-1).real + self.D * u, x
 
-    def rollout_begin(self, x0: torch.Tensor, params=None, window: int = 16) -> "S4DWindow":
+    def rollout_begin(self, x0, params=None, window: int = 16) -> "S4DWindow":
         """Imagination state that replaces the (B, H, N/2) complex state by its convolution form.
+        x0: that state, or an S4DStart (start states from `forward`, never built here).
 
         Inside a window of L steps that starts from state x0, with u_0..u_j the inputs so far:
             y_j = 2 Re(sum_n C_n dA_n^(j+1) x0_n) + sum_{s<=j} K_{j-s} u_s + D u_j
-        (K as in convolution mode). The first term (the "free" response, (B, H, L)) is one matmul
-        per window; the second reads the window's inputs (B, H, <=L). A full window is folded back
+        (K as in convolution mode). The first term (the "free" response, L tensors (B, H)) is one
+        matmul per window (from an S4DStart: a convolution of its inputs, `S4DStart.free`); the
+        second is accumulated step by step into the window's `ahead`. A full window is folded back
         into a complex state (one matmul), which starts the next window. A rollout then never
         reads, writes or backpropagates through the big (B, H, N/2) complex state at every step;
         its outputs equal `step`'s to rounding (the powers dA^t come from exp(t dt A)). Short
