@@ -92,21 +92,28 @@ def test_bad_init_fails_in_one_line():
         S4Core(d_model=H, d_state=N, init='legs')
 
 
-@pytest.mark.parametrize('x0_kind', ['zero', 'some_rows', 'all_rows'])
-@pytest.mark.parametrize('inner_resets', [False, True])
-def test_states_at_every_branch_equals_stepped_states(x0_kind, inner_resets):
-    """_states_at skips the window mask without resets after t=0 and the x0 term for rows it does
-    not reach (x0 zero, or a reset at or before every position); each branch == the step loop."""
+def branch_inputs(x0_kind, inner_resets):
+    """Layer and inputs that take one branch of the start-state code: x0 zero, nonzero in row 0
+    only ('some_rows') or in every row; resets after t=0 or not (row 2 resets at t=0, so x0 never
+    reaches it); unsorted, repeated positions. Returns (m, u, f, x0, pos), float64."""
     m = layer(torch.float64)
     u = torch.randn(B, T, H, dtype=torch.float64)
     f = resets(B, T) if inner_resets else torch.zeros(B, T, dtype=torch.bool)
-    f[2, 0] = True  # row 2 never sees x0
+    f[2, 0] = True
     x0 = torch.randn(B, H, N // 2, dtype=torch.complex128)
     if x0_kind == 'zero':
         x0.zero_()
     elif x0_kind == 'some_rows':
         x0[1:].zero_()
-    pos = torch.tensor([T - 1, 0, 9, 9, 20, 5, 30])  # unsorted, repeated
+    return m, u, f, x0, torch.tensor([T - 1, 0, 9, 9, 20, 5, 30])
+
+
+@pytest.mark.parametrize('x0_kind', ['zero', 'some_rows', 'all_rows'])
+@pytest.mark.parametrize('inner_resets', [False, True])
+def test_states_at_every_branch_equals_stepped_states(x0_kind, inner_resets):
+    """_states_at skips the window mask without resets after t=0 and the x0 term for rows it does
+    not reach (x0 zero, or a reset at or before every position); each branch == the step loop."""
+    m, u, f, x0, pos = branch_inputs(x0_kind, inner_resets)
     with torch.no_grad():
         _, xT, at = m(u, f, x0, pos)
         at = at.states()
@@ -123,16 +130,7 @@ def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_re
     bmm(_real_pairs(states), w_free), values and gradient to the readout weights, in every branch
     (x0 term for some rows or none; segments split by resets after t=0 or not; the convolution in
     one piece, or 1 or 3 of its 16 kernel rows per chunk)."""
-    m = layer(torch.float64)
-    u = torch.randn(B, T, H, dtype=torch.float64)
-    f = resets(B, T) if inner_resets else torch.zeros(B, T, dtype=torch.bool)
-    f[2, 0] = True  # row 2 never sees x0
-    x0 = torch.randn(B, H, N // 2, dtype=torch.complex128)
-    if x0_kind == 'zero':
-        x0.zero_()
-    else:
-        x0[1].zero_()
-    pos = torch.tensor([T - 1, 0, 9, 9, 20, 5, 30])  # unsorted, repeated
+    m, u, f, x0, pos = branch_inputs(x0_kind, inner_resets)
     if chunk_rows:  # budget for chunk_rows kernel rows of the (rows, n//2+1, H) spectrum
         n_reset = f.long().cumsum(1)
         split = s4wm.segment_rows(n_reset - n_reset[:, :1])
