@@ -123,7 +123,7 @@ def re_weights(w: torch.Tensor) -> torch.Tensor:
 
 
 def _final_state(u, V, dA, dB, x0, is_first):
-    """State after the chunk's last input, (B, H, N/2) complex (an H-major view):
+    """State after the chunk's last input, (B, H, N/2) complex:
         x_{T-1} = dB sum_r dA^r u_{T-1-r}  (r back to the row's last reset)
                   + [no reset in the chunk] dA^T x0.
     dB does not depend on r, so it is applied after the contraction: one real matmul of the
@@ -139,7 +139,7 @@ def _final_state(u, V, dA, dB, x0, is_first):
     x = dB[:, None] * torch.complex(acc[..., :N2], acc[..., N2:])  # (H, B, N2)
     dAT = dA * torch.complex(V[:, :N2, -1], V[:, N2:, -1])  # (H, N2) dA^T
     keep0 = (n_reset[:, -1] == 0).to(u.dtype)[:, None, None]  # (B, 1, 1) no reset in the chunk
-    return (x + (dAT * x0).transpose(0, 1) * keep0.transpose(0, 1)).transpose(0, 1)
+    return x.transpose(0, 1) + keep0 * (dAT * x0)  # (B, H, N2)
 
 
 def _states_at(u, V, dA, dB, x0, is_first, pos):
@@ -217,16 +217,18 @@ class S4DStart:
         window step j (S4D.rollout_begin). With x_p = sum_r dB dA^r u_{p-r} (r up to the last
         reset) + [no reset in [0, p]] dA^(p+1) x0, output j at position p is
             sum_r M[j, r] u_{p-r} + [no reset] Re(sum_n w_nj dA_n^(p+1) x0_n),
-        M[j, r] = Re(sum_n w_nj dB_n dA_n^r): an (L, T, H) kernel from one small matmul, applied as
+        M[j, r] = Re(sum_n w_nj dB_n dA_n^r): an (L, T, H) kernel from one small matmul with the
+        Vandermonde table (dB joins the readout weights, so no (H, T, N/2) tensor), applied as
         an FFT convolution over time per episode segment (`segment_rows`, exact at resets). The x0
         term is one real matmul for the rows x0 reaches.
         """
         u, V, dA, dB, x0, pos = self.u, self.V, self.dA, self.dB, self.x0, self.pos
         B, H, T = u.shape
-        N2, L, K = dA.shape[1], w_free.shape[-1], len(pos)
-        dAr = torch.complex(V[:, :N2], V[:, N2:])  # (H, N2, T) dA^r
-        w_in = torch.view_as_real((dB[..., None] * dAr).transpose(1, 2)).reshape(H, T, 2 * N2)
-        kern = torch.bmm(w_in, w_free).permute(2, 1, 0)  # (L, T, H) M[j, r], channels last
+        L, K = w_free.shape[-1], len(pos)
+        w = torch.complex(w_free[:, 0::2], -w_free[:, 1::2])  # (H, N2, L)
+        wB = w * dB[..., None]  # (H, N2, L): M[j, r] = Re(sum_n wB_nj dA_n^r), V's [Re; Im] rows
+        kern = torch.bmm(torch.cat([wB.real, -wB.imag], 1).transpose(1, 2), V)  # (H, L, T)
+        kern = kern.permute(1, 2, 0)  # (L, T, H) M[j, r], channels last
         n_reset = self.is_first.long().cumsum(1)  # (B, T)
         # the convolution runs over dim T of (.., T, H) tensors, so its output is already laid out
         # as the window's (L, rows, H); chunks of kernel rows keep each temporary near
@@ -242,7 +244,6 @@ class S4DStart:
         keep0 = n_reset[:, pos] == 0  # (B, K) no reset in [0, p]
         live = (keep0.any(1) & x0.flatten(1).ne(0).any(1)).nonzero()[:, 0]  # (R,) rows x0 reaches
         if len(live):  # x0 term Re(sum_n w_nj dA_n^(p+1) x0_n), per chunk below
-            w = torch.complex(w_free[:, 0::2], -w_free[:, 1::2])  # (H, N2, L)
             dAx0 = (dA * x0[live])[..., None]  # (R, H, N2, 1)
             Vp, keep = V[:, :, pos], keep0[live, :, None].to(u.dtype)  # (H, 2 N2, K), (R, K, 1)
         n = next_fast_len(2 * T)
