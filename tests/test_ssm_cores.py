@@ -147,9 +147,10 @@ def test_rollout_form_equals_plain_steps(name):
 @pytest.mark.parametrize("name", CORES)
 def test_rollout_from_states_at_after_a_parameter_update(name):
     """Imagination from the parallel pass's start states (S4: lazy S4DStart, whose first window
-    reads the inputs, not the states, checked) after the parameters changed (the agent steps the world model
-    before it imagines) == plain steps with the new parameters from the states the old parameters
-    built: outputs over 40 steps (two folds) and every parameter's gradient, float64."""
+    reads the inputs, not the states, checked) after the parameters changed (the agent steps the
+    world model before it imagines) == plain steps with the new parameters from the states the
+    old parameters built: outputs over 40 steps (two folds) and every parameter's gradient,
+    float64."""
     m = core(name, torch.float64)
     g, f = torch.randn(B, T, H, dtype=torch.float64), resets(B, T)
     pos = torch.tensor([T - 1, 0, 9, 20, 5])

@@ -384,8 +384,8 @@ class S4D(nn.Module):
 
     def step(self, u: torch.Tensor, x: torch.Tensor, is_first: torch.Tensor | None = None,
              params=None):
-        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x. params: step_params() or None.
-        x may also be an S4DWindow (rollout form, returns the next window) or an S4DStart (its
+        """Recurrent mode. u (B, H), x (B, H, N/2) -> y (B, H), new x. params: step_params() or
+        None. x may also be an S4DWindow (rollout form, returns the next window) or an S4DStart (its
         states are built)."""
         if isinstance(x, S4DWindow):
             if is_first is not None:
