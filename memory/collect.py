@@ -108,12 +108,15 @@ class Spec:
 
     @property
     def name(self) -> str:
-        """Default folder name, e.g. 'four_rooms_teleport', 'distracting_memory_100'."""
+        """Default folder name, e.g. 'four_rooms_teleport', 'distracting_memory_100', and
+        'distracting_memory_100_16px' for frames other than 64x64."""
         if self.env == "rooms":
-            return f"{ROOM_WORDS[self.rooms]}_rooms" + ("_teleport" if self.teleport else "")
-        if self.env == "memory_maze":
-            return f"memory_maze_{self.maze}"
-        return f"{self.env}_{self.width if self.env == 'distracting_memory' else self.keys}"
+            name = f"{ROOM_WORDS[self.rooms]}_rooms" + ("_teleport" if self.teleport else "")
+        elif self.env == "memory_maze":
+            name = f"memory_maze_{self.maze}"
+        else:
+            name = f"{self.env}_{self.width if self.env == 'distracting_memory' else self.keys}"
+        return name if self.image_size == 64 else f"{name}_{self.image_size}px"
 
     def build(self):
         """The env (wrapped: {'image'} observations, OneHot actions)."""

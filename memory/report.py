@@ -7,8 +7,11 @@ write one report folder with a markdown table, plots and side-by-side imaginatio
 Each cell is an ordinary `main.py` offline run in <out>/<backbone>_seed<seed> (extra --key value
 arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones).
 The dataset is made once (memory.out, default datasets/<name>) and shared by every cell.
-Writes <out>/report.md (table: mean (+- std over seeds) of every eval/metrics.json summary value),
-<out>/report.json, <out>/<metric>.png (metric vs imagination step, one line per backbone; rooms,
+Writes <out>/report.md (table: mean +- standard error over seeds of every eval/metrics.json summary
+value; Distracting Memory: the perception gate, a memory score counts only where the model reads the
+cue colour from the first frame at least PERCEPTION_GATE of the time; the cost of every cell),
+<out>/report.json, <out>/loss.png (training loss vs update, one line per backbone and seed),
+<out>/<metric>.png (metric vs imagination step, one line per backbone; rooms,
 multi doors keys and memory maze, which adds the probe scores vs the observed episode step) and
 <out>/imagination.mp4 + imagination.png (episode 0 of the test set; columns: truth, then each
 backbone's prediction and |error|; seed of the first listed seed).
@@ -25,6 +28,7 @@ import numpy as np
 from common.cli import run_main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+PERCEPTION_GATE = 0.95  # cue_acc_start needed before a Distracting Memory memory score counts
 CURVES = {  # metric -> (y label, x label, index of the first value: imagination steps count from 1)
     "mse": ("MSE per pixel (lower is better)", "imagination step", 1),
     "psnr": ("PSNR, dB (higher is better)", "imagination step", 1),
@@ -49,7 +53,7 @@ def cell_results(logdir: pathlib.Path) -> tuple[dict, dict]:
 
 
 def table(results: dict[str, list[dict]]) -> list[str]:
-    """Rows backbone, columns the summary keys: mean (+- std over seeds)."""
+    """Rows backbone, columns the summary keys: mean (+- standard error over seeds)."""
     keys = sorted({k for rs in results.values() for r in rs for k in r["summary"]})
     lines = ["| backbone | seeds | updates | " + " | ".join(keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
@@ -59,10 +63,68 @@ def table(results: dict[str, list[dict]]) -> list[str]:
             vals = np.array([r["summary"].get(k, np.nan) for r in rs], float)
             text = _fmt(np.nanmean(vals), k)
             if len(vals) > 1:
-                text += " ± " + _fmt(np.nanstd(vals), k)
+                text += " ± " + _fmt(np.nanstd(vals, ddof=1) / np.sqrt(len(vals)), k)
             cells.append(text)
         lines.append(f"| {name} | {len(rs)} | {rs[0]['updates']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def perception_gate(results: dict[str, list[dict]]) -> list[str]:
+    """Distracting Memory: per backbone and seed, is the cue colour read from the first frame (cue in
+    view) at least PERCEPTION_GATE of the time? A reward or cue-memory score of a cell that fails
+    this measures perception, not memory, and does not count. [] when there is no cue probe."""
+    if not any("cue_acc_start" in r["summary"] for rs in results.values() for r in rs):
+        return []
+    lines = [f"Perception gate: a memory score counts only where the cue colour probe at the first "
+             f"frame is at least {100 * PERCEPTION_GATE:.0f}%.", "",
+             "| backbone | seed | cue acc., first frame | memory scores count |", "|---|---|---|---|"]
+    for name, rs in results.items():
+        for r in rs:
+            acc = r["summary"].get("cue_acc_start", float("nan"))
+            ok = "yes" if acc >= PERCEPTION_GATE else "**no**: perception fails first"
+            lines.append(f"| {name} | {r.get('seed', '?')} | {100 * acc:.1f}% | {ok} |")
+    return lines
+
+
+def cost(results: dict[str, list[dict]]) -> list[str]:
+    """Per cell: updates, training time (all calls), whether the loss had flattened."""
+    lines = ["| cell | updates | training time | stopped at a loss plateau |", "|---|---|---|---|"]
+    for name, rs in results.items():
+        for r in rs:
+            seconds = r.get("train_seconds")
+            spent = f"{seconds / 60:.1f} min" if seconds is not None else "not recorded"
+            lines.append(f"| {name} seed {r.get('seed', '?')} | {r['updates']} | {spent} | "
+                         f"{'yes' if r.get('plateau') else 'no'} |")
+    return lines
+
+
+def plot_loss(logdirs: dict[str, pathlib.Path], title: str, out: pathlib.Path) -> str | None:
+    """Training loss (metrics.jsonl 'train/loss') vs update, one line per cell -> loss.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    drawn = False
+    for cell, logdir in logdirs.items():
+        path = logdir / "metrics.jsonl"
+        if not path.exists():
+            continue
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = sorted({r["step"]: r["train/loss"] for r in rows if "train/loss" in r}.items())
+        if rows:
+            steps, loss = np.array(rows).T
+            ax.plot(steps, loss, lw=1, label=cell)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_yscale("log")
+    ax.set_xlabel("update"), ax.set_ylabel("training loss"), ax.set_title(title)
+    ax.grid(alpha=0.3), ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "loss.png")
+    plt.close(fig)
+    return "loss.png"
 
 
 def _fmt(value: float, key: str) -> str:
@@ -123,18 +185,21 @@ def main(argv=None) -> None:
     args, extra = p.parse_known_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, predictions, walls, truth = {}, {}, {}, None
+    results, predictions, walls, truth, logdirs = {}, {}, {}, None, {}
     for backbone in args.backbones.split(","):
         results[backbone] = []
         for i, seed in enumerate(args.seeds.split(",")):
             logdir = out / f"{backbone}_seed{seed}"
+            logdirs[f"{backbone}_seed{seed}"] = logdir
             walls[f"{backbone}_seed{seed}"] = run_cell(args.configs, backbone, seed, logdir, extra)
             result, pred = cell_results(logdir)
-            results[backbone].append(result)
+            results[backbone].append({**result, "seed": seed})
             if i == 0:
                 predictions[backbone], truth = pred["prediction"], pred["truth"]
     name = results[next(iter(results))][0]["dataset"]
     plots = plot_curves(results, name, out)
+    loss_plot = plot_loss(logdirs, name, out)
+    plots = ([loss_plot] if loss_plot else []) + plots
     from common.logger import write_mp4
     from PIL import Image
     frames = side_by_side(truth, predictions)
@@ -151,6 +216,7 @@ def main(argv=None) -> None:
              "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; reward accuracies at "
              "the recorded decision step (memory/metrics.py); cue_acc_* and probe_* are probes on "
              "the frozen model's features (memory/probe.py).", "",
+             *perception_gate(results), "", *cost(results), "",
              "| cell | wall time (this call) |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} min |" for k, v in walls.items()]
     lines += ["", *[f"![{p}]({p})" for p in plots],

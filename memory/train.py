@@ -8,14 +8,21 @@
 2. An update trains on `train.batch_size` rows of `offline.window` steps (0: the longest episode).
    A row is an episode from its first frame, continued by further random episodes when shorter than
    the window (is_first marks each start), so the context and its query are always in one row.
-   The row is cut into chunks of `train.seq_len` steps: loss, backward and AdamW step per chunk, the
-   world-model state carried (detached) into the next chunk (TBTT; S4WM/S5WM can take the whole
-   window in one parallel pass with seq_len >= window).
+   By default (`offline.chunk` 0) the whole row is one parallel pass: one loss, backward and AdamW
+   step, and each backbone limits its own gradient horizon as its name says: RSSM-TBTT detaches its
+   state every `rssm.tbtt_length` steps, TSSM-XL attends to `tssm.mem_len` steps per layer, S4WM and
+   S5WM see the whole row (the paper's protocol; docs/memory.md, Protocol). `offline.chunk` > 0 cuts
+   the row into chunks of that many steps, the state carried detached into the next one (TBTT for
+   every backbone: memory-bounded, but it caps S4WM/S5WM at the chunk too).
 3. Every `offline.eval_every` updates and at the end: memory.evaluate on the test episodes ->
    <logdir>/eval/metrics.json (latest), eval/metrics_<updates>.json, eval/prediction.npz (episode 0:
    truth and prediction) and a video truth / model / error; scalars go to TensorBoard and
    metrics.jsonl with step = updates.
-4. Checkpoints (model, optimiser, updates, RNG) every `offline.checkpoint_every` updates and at exit
+   Training stops after `offline.updates`, or earlier once the mean training loss of an evaluation
+   window improves on the one before by less than the fraction `offline.plateau` (the loss has
+   flattened); the result records the loss per window, the training seconds and whether it stopped
+   at a plateau.
+4. Checkpoints (model, optimiser, updates, RNG, training seconds, loss windows) every `offline.checkpoint_every` updates and at exit
    (Ctrl-C included); rerunning the same command resumes. Rows are drawn from (seed, update index,
    rank), so a resumed run sees the same rows as an uninterrupted one.
 Data parallel under torchrun (common/dist.py): rank 0 makes the dataset, every rank draws its rows
@@ -88,14 +95,15 @@ class Trainer:
         self.wm = build_world_model(config, act_dim).to(device)
         c = config.wm
         self.opt = torch.optim.AdamW(self.wm.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
-        self.clip, self.chunk, self.device = c.grad_clip, config.train.seq_len, device
+        self.clip, self.chunk, self.device = c.grad_clip, config.offline.chunk, device
 
     def update(self, rows: dict) -> tuple[dict, bool]:
         """Train on rows (numpy (B, W, ...)). Returns (metrics averaged over chunks, all finite)."""
         B, W = rows["is_first"].shape
         state, sums, n = self.wm.initial_state(B), {}, 0
-        for s in range(0, W, self.chunk):
-            data = to_torch({k: v[:, s:s + self.chunk] for k, v in rows.items()}, self.device)
+        chunk = self.chunk or W
+        for s in range(0, W, chunk):
+            data = to_torch({k: v[:, s:s + chunk] for k, v in rows.items()}, self.device)
             loss, metrics, _, state, _ = self.wm.loss(data, state)
             if not dist.all_true(torch.isfinite(loss)):  # every rank skips, or none
                 return {}, False
@@ -122,9 +130,11 @@ class Trainer:
 
 
 def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: Logger, updates: int,
-                   probe_train: list[dict] | None = None) -> dict:
+                   probe_train: list[dict] | None = None, progress: dict | None = None) -> dict:
     """Evaluate on `test`; the probes (memory maze: layout and objects, distracting memory: cue
-    colour) are fitted on `probe_train`, the first offline.probe_episodes training episodes."""
+    colour) are fitted on `probe_train`, the first offline.probe_episodes training episodes.
+    `progress` (training seconds so far, loss per evaluation window, plateau reached) is recorded
+    in the result."""
     o, m = config.offline, config.memory
     start = time.time()
     summary, curves, video = evaluation.evaluate(
@@ -133,7 +143,7 @@ def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: L
         probe_train=probe_train, probe_updates=o.probe_updates, seed=config.seed)
     result = {"updates": updates, "backbone": config.backbone, "dataset": Spec.from_config(config).name,
               "test_episodes": len(test), "query_observe": o.query_observe, "summary": summary,
-              "curves": curves, "seconds": time.time() - start}
+              "curves": curves, "seconds": time.time() - start, **(progress or {})}
     out = logdir / "eval"
     out.mkdir(exist_ok=True)
     for name in (f"metrics_{updates:08d}.json", "metrics.json"):
@@ -177,13 +187,15 @@ def run(config, name: str, device) -> None:
         ckpt = checkpoint.load(logdir / "checkpoint.pt")
     except RuntimeError as e:
         fail(str(e))
-    updates = 0
+    updates, seconds, windows = 0, 0.0, []
     if ckpt is not None:
         try:
             trainer.restore(ckpt["trainer"])
             if main_rank:
                 checkpoint.set_rng_state(ckpt["rng"])
             updates = int(ckpt["updates"])
+            seconds = float(ckpt.get("seconds", 0.0))  # older checkpoints: not recorded
+            windows = [float(v) for v in ckpt.get("loss_windows", [])]
         except (KeyError, RuntimeError, ValueError) as e:
             fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
@@ -192,23 +204,32 @@ def run(config, name: str, device) -> None:
     if not main_rank:
         checkpoint.seed_everything(dist.rank_seed(config.seed) + updates)  # own sampling noise
     print(f"{f'rank {dist.rank()}: ' if dist.world_size() > 1 else ''}offline training: "
-          f"{len(train)} train / {len(test)} test episodes from {folder}, rows of {window} steps in "
-          f"chunks of {config.train.seq_len}, {o.updates} updates")
+          f"{len(train)} train / {len(test)} test episodes from {folder}, rows of {window} steps "
+          f"{f'in chunks of {o.chunk}' if o.chunk else 'in one pass'}, {o.updates} updates")
     logger, bad, last_eval = Logger(logdir, enabled=main_rank), 0, _last_eval(logdir)
 
     def save():
         if not main_rank:
             return
         checkpoint.save(logdir / "checkpoint.pt", {"trainer": trainer.checkpoint(), "updates": updates,
-                                                   "rng": checkpoint.rng_state()})
+                                                   "rng": checkpoint.rng_state(),
+                                                   "seconds": seconds + time.time() - started,
+                                                   "loss_windows": windows})
+
+    def progress_info() -> dict:
+        return {"train_seconds": seconds + time.time() - started, "loss_windows": windows,
+                "plateau": plateaued(windows, o.plateau)}
 
     progress = None
     if config.run.progress and main_rank:
         from tqdm import tqdm
         progress = tqdm(total=o.updates, initial=updates, unit="update", dynamic_ncols=True)
     timer = (time.time(), updates)
+    started, loss_sum = time.time(), [0.0, 0]  # training time of this call; loss sum, count
+    if plateaued(windows, o.plateau):
+        print(f"the training loss had flattened at update {updates}: no more updates")
     try:
-        while updates < o.updates:
+        while updates < o.updates and not plateaued(windows, o.plateau):
             interrupt.check()  # a Ctrl-C / SIGTERM stops here and saves (common/interrupt.py)
             rows = draw_rows(train, np.random.default_rng([config.seed, updates, dist.rank()]), B, window)
             metrics, ok = trainer.update(rows)
@@ -224,11 +245,18 @@ def run(config, name: str, device) -> None:
                          f"last good checkpoint in {logdir} is kept")
                 continue
             logger.scalars(metrics, "train/")
+            loss_sum = [loss_sum[0] + metrics["loss"], loss_sum[1] + 1]
             evaluated = updates % o.eval_every == 0
             if evaluated:
+                windows.append(loss_sum[0] / loss_sum[1])
+                loss_sum = [0.0, 0]
                 if main_rank:
-                    run_evaluation(config, trainer, test, logdir, logger, updates, probe_train)
+                    run_evaluation(config, trainer, test, logdir, logger, updates, probe_train,
+                                   progress_info())
                 last_eval = updates
+                if plateaued(windows, o.plateau):
+                    print(f"update {updates}: the training loss changed by less than "
+                          f"{100 * o.plateau:g}% over the last {o.eval_every} updates: stopping")
             if updates % o.log_every == 0 or evaluated:
                 now = time.time()
                 logger.scalar("fps/updates", (updates - timer[1]) / (now - timer[0]))
@@ -239,7 +267,8 @@ def run(config, name: str, device) -> None:
             if updates % o.checkpoint_every == 0:
                 save()
         if last_eval != updates and main_rank:  # the final one (also when a finished run is rerun)
-            run_evaluation(config, trainer, test, logdir, logger, updates, probe_train)
+            run_evaluation(config, trainer, test, logdir, logger, updates, probe_train,
+                           progress_info())
             logger.write(updates)
     except KeyboardInterrupt:
         print(f"interrupted at update {updates}: saving a checkpoint", file=sys.stderr)
@@ -250,6 +279,14 @@ def run(config, name: str, device) -> None:
         logger.close()
         if progress is not None:
             progress.close()
+
+
+def plateaued(windows: list[float], tolerance: float) -> bool:
+    """True when the mean training loss of the last evaluation window improved on the window before
+    by less than `tolerance` (a fraction of it); tolerance 0: never (train all offline.updates)."""
+    if tolerance <= 0 or len(windows) < 2:
+        return False
+    return windows[-2] - windows[-1] < tolerance * abs(windows[-2])
 
 
 def _last_eval(logdir) -> int | None:

@@ -192,7 +192,8 @@ def test_report_writes_table_plots_and_video(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     text = (out / "report.md").read_text()
     assert "| rssm |" in text and "| s4wm |" in text
-    for name in ("mse.png", "psnr.png", "ssim.png", "imagination.mp4", "imagination.png"):
+    assert "| rssm seed 0 | 1 |" in text  # the cost table: updates and training time per cell
+    for name in ("loss.png", "mse.png", "psnr.png", "ssim.png", "imagination.mp4", "imagination.png"):
         assert (out / name).stat().st_size > 0
     import imageio.v2 as imageio
     frame = imageio.mimread(out / "imagination.mp4", memtest=False)[0]
