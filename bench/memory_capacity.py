@@ -6,8 +6,10 @@
 A synthetic recall stream, one row of T = gap + 2 steps (8x8 RGB frames, K solid colours):
 
     t = 0          cue frame: the whole frame in one of K colours (is_first)       action: none
-    t = 1 .. gap   distractors: each frame one of the K colours, drawn anew,      action: 'wait'
-                   independent of the cue (nothing in them predicts the cue)
+    t = 1 .. gap   gap frames, independent of the cue (nothing in them predicts   action: 'wait'
+                   it): `--distractors blank` one grey frame throughout (pure
+                   retention), `random` each frame one of the K colours drawn
+                   anew (retention under interference, as in Distracting Memory)
     t = gap + 1    query frame: the cue's colour with a grey centre marker         action: 'query'
 
 Each backbone's real world model (world_models/, the `capacity` block of configs.yaml: a tiny size)
@@ -22,10 +24,11 @@ Scored on `--eval-rows` held-out rows (chance = 1/K), at the query step:
 The prediction is the decoder's image of [h, mode of the prior], assigned to the nearest of the K
 possible query frames. Training stops at `--updates` or once both scores reach `--solved`.
 
-Each cell (backbone, gap, seed) checkpoints into <scratch>/<cell>/ and writes <out>/cells/<cell>.json
-when finished; rerunning resumes unfinished cells and re-reads finished ones. Then <out>/capacity.md
-(mean +- standard error over seeds) and <out>/capacity.png (accuracy vs gap, one line per backbone,
-chance dashed) are written from every cell JSON found, so a later run with more seeds aggregates.
+Each cell (distractors, backbone, gap, seed) checkpoints into <scratch>/<cell>/ and writes
+<out>/cells/<cell>.json when finished; rerunning resumes unfinished cells and re-reads finished ones.
+Then <out>/capacity_<distractors>.md (mean +- standard error over seeds) and .png (accuracy vs gap,
+one line per backbone, chance dashed) are written from every cell JSON of that kind found, so a
+later run with more seeds or gaps aggregates.
 Extra `--key value` arguments go to the config (e.g. --wm.lr 0.001, --rssm.tbtt_length 256).
 """
 from __future__ import annotations
@@ -45,19 +48,24 @@ from common.cli import fail, parse
 from world_models import BACKBONES, build_world_model
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+GREY = np.array([128, 128, 128], np.uint8)  # blank gap frames
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 240, 240]], np.uint8)
 MARKER = 128  # grey centre square of the query frame
 WAIT, QUERY = 0, 1  # action indices
 
 
-def recall_rows(rng: np.random.Generator, rows: int, gap: int, colours: int, size: int) -> dict:
+def recall_rows(rng: np.random.Generator, rows: int, gap: int, colours: int, size: int,
+                distractors: str = "blank") -> dict:
     """`rows` recall streams {key: (B, T, ...)} with T = gap + 2, plus 'cue' (B,) colour indices."""
     B, T = rows, gap + 2
     cue = rng.integers(colours, size=B)  # (B,)
-    index = rng.integers(colours, size=(B, T))  # (B, T) distractor colours
+    index = rng.integers(colours, size=(B, T))  # (B, T) distractor colours (drawn either way)
     index[:, 0] = index[:, -1] = cue
-    image = np.broadcast_to(PALETTE[index][:, :, None, None], (B, T, size, size, 3)).copy()
+    rgb = PALETTE[index]  # (B, T, 3)
+    if distractors == "blank":
+        rgb[:, 1:-1] = GREY
+    image = np.broadcast_to(rgb[:, :, None, None], (B, T, size, size, 3)).copy()
     image[:, -1] = query_frames(colours, size)[cue]
     action = np.zeros((B, T, 2), np.float32)
     action[:, 1:-1, WAIT] = 1.0
@@ -132,7 +140,7 @@ def train_cell(config, gap: int, args, scratch: pathlib.Path, device) -> dict:
     opt = torch.optim.AdamW(wm.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
     size, B = config.env.image_size, config.train.batch_size
     test = recall_rows(np.random.default_rng([config.seed, 1 << 30]), args.eval_rows, gap,
-                       args.colours, size)
+                       args.colours, size, args.distractors)
     path = scratch / "checkpoint.pt"
     ckpt = checkpoint.load(path)
     updates, history, seconds = 0, [], 0.0
@@ -144,7 +152,8 @@ def train_cell(config, gap: int, args, scratch: pathlib.Path, device) -> dict:
         print(f"  resuming at update {updates}", flush=True)
     losses, bad, start = [], 0, time.time() - seconds
     while updates < args.updates:
-        rows = recall_rows(np.random.default_rng([config.seed, updates]), B, gap, args.colours, size)
+        rows = recall_rows(np.random.default_rng([config.seed, updates]), B, gap, args.colours, size,
+                           args.distractors)
         loss, metrics, _, _, _ = wm.loss(to_torch(rows, device), wm.initial_state(B))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -173,8 +182,10 @@ def train_cell(config, gap: int, args, scratch: pathlib.Path, device) -> dict:
             if min(accuracy.values()) >= args.solved:
                 break
     final = history[-1]
+    solved = min(final["acc_inference"], final["acc_imagination"]) >= args.solved
     return {"backbone": config.backbone, "gap": gap, "seed": config.seed, "colours": args.colours,
-            "updates": final["updates"], "seconds": final["seconds"],
+            "distractors": args.distractors, "budget": args.updates, "solved_threshold": args.solved,
+            "solved": solved, "updates": final["updates"], "seconds": final["seconds"],
             "acc_inference": final["acc_inference"], "acc_imagination": final["acc_imagination"],
             "gradient_horizon": gradient_horizon(config), "history": history,
             "config": {k: v for k, v in config.flat().items()
@@ -196,8 +207,12 @@ def aggregate(cells: list[dict], colours: int) -> tuple[list[str], dict]:
     for c in cells:
         groups.setdefault(c["backbone"], {}).setdefault(c["gap"], []).append(c)
     gaps = sorted({c["gap"] for c in cells})
+    budgets = sorted({(c["budget"], c["solved_threshold"]) for c in cells})
     lines = [f"Query accuracy (chance {100 / colours:.1f}%), mean ± standard error over seeds "
-             "(n = seeds); inference / imagination.", "",
+             "(n = seeds): inference / imagination; then how many seeds solved the gap (both scores "
+             "at least the threshold) and the updates they took; training time per cell (one "
+             "thread). Budget, threshold: "
+             + "; ".join(f"{b} updates, {100 * t:.0f}%" for b, t in budgets) + ".", "",
              "| backbone | gradient horizon | " + " | ".join(f"gap {g}" for g in gaps) + " |",
              "|---|---|" + "---|" * len(gaps)]
     summary = {}
@@ -211,9 +226,11 @@ def aggregate(cells: list[dict], colours: int) -> tuple[list[str], dict]:
             stats = {k: _mean_se([c[k] for c in cs]) for k in ("acc_inference", "acc_imagination")}
             summary.setdefault(name, {})[g] = stats
             (mi, si), (mg, sg) = stats["acc_inference"], stats["acc_imagination"]
-            row.append(f"{100 * mi:.0f} ± {100 * si:.0f} / {100 * mg:.0f} ± {100 * sg:.0f} "
-                       f"(n={len(cs)}, {np.mean([c['updates'] for c in cs]):.0f} upd, "
-                       f"{np.mean([c['seconds'] for c in cs]) / 60:.1f} min)")
+            solved = sorted(c["updates"] for c in cs if c["solved"])
+            when = f" at {solved[0]}-{solved[-1]} upd" if solved else ""
+            row.append(f"{100 * mi:.0f} ± {100 * si:.0f} / {100 * mg:.0f} ± {100 * sg:.0f}; "
+                       f"solved {len(solved)}/{len(cs)}{when}; "
+                       f"{np.mean([c['seconds'] for c in cs]) / 60:.1f} min")
         horizon = groups[name][gaps[0]][0]["gradient_horizon"] if gaps[0] in groups[name] else "-"
         lines.append(f"| {name} | {horizon} | " + " | ".join(row) + " |")
     return lines, summary
@@ -255,7 +272,8 @@ def main(argv=None) -> None:
     p.add_argument("--gaps", default="16,64,256,1024")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--colours", type=int, default=8, help=f"cue colours K (2..{len(PALETTE)})")
-    p.add_argument("--updates", type=int, default=1500, help="most updates per cell")
+    p.add_argument("--distractors", default="blank", help="gap frames: blank | random")
+    p.add_argument("--updates", type=int, default=3000, help="most updates per cell")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-rows", type=int, default=256, help="held-out rows scored")
     p.add_argument("--eval-batch", type=int, default=64)
@@ -272,6 +290,8 @@ def main(argv=None) -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
         fail(f"--gaps and --seeds take comma-separated integers, got '{args.gaps}', '{args.seeds}'")
+    if args.distractors not in ("blank", "random"):
+        fail(f"--distractors must be blank or random, got '{args.distractors}'")
     if not 2 <= args.colours <= len(PALETTE):
         fail(f"--colours must be in [2, {len(PALETTE)}], got {args.colours}")
     if min(gaps, default=0) < 1 or args.updates < 1 or args.eval_every < 1:
@@ -281,25 +301,30 @@ def main(argv=None) -> None:
     for backbone in backbones:
         for gap in gaps:
             for seed in seeds:
-                cell = f"{backbone}_gap{gap}_seed{seed}"
-                if (out / "cells" / f"{cell}.json").exists():
-                    continue
+                cell = f"{args.distractors}_{backbone}_gap{gap}_seed{seed}"
+                path = out / "cells" / f"{cell}.json"
+                if path.exists():
+                    done = json.loads(path.read_text())
+                    if done["solved"] or done["budget"] >= args.updates:
+                        continue  # else a larger budget: on from its checkpoint, if still there
                 config = parse(["--configs", "capacity", backbone, "--seed", str(seed), *extra],
                                prog="bench.memory_capacity")
                 if config.threads:
                     torch.set_num_threads(config.threads)
                 print(f"{cell}: training", flush=True)
                 result = train_cell(config, gap, args, scratch / cell, torch.device("cpu"))
-                tmp = out / "cells" / f"{cell}.json.tmp"
+                tmp = path.with_suffix(".json.tmp")
                 tmp.write_text(json.dumps(result, indent=1))
-                tmp.replace(out / "cells" / f"{cell}.json")
+                tmp.replace(path)
     cells = [json.loads(f.read_text()) for f in sorted((out / "cells").glob("*.json"))]
-    cells = [c for c in cells if c["colours"] == args.colours]
+    cells = [c for c in cells if c["colours"] == args.colours
+             and c.get("distractors", "random") == args.distractors]
     lines, summary = aggregate(cells, args.colours)
-    (out / "capacity.md").write_text("\n".join(lines) + "\n")
-    plot(summary, args.colours, out / "capacity.png")
+    name = f"capacity_{args.distractors}"
+    (out / f"{name}.md").write_text(f"Gap frames: {args.distractors}. " + "\n".join(lines) + "\n")
+    plot(summary, args.colours, out / f"{name}.png")
     print("\n".join(lines))
-    print(f"wrote {out / 'capacity.md'} and {out / 'capacity.png'}")
+    print(f"wrote {out / name}.md and {out / name}.png")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ The paper's comparison varies one thing: how far back a backbone's training loss
 rows are one parallel pass (offline.chunk 0); RSSM-TBTT cuts the gradient every rssm.tbtt_length
 steps, TSSM-XL reaches n_layers x mem_len (+1 through z_{t-1}) steps, S4WM/S5WM the whole row.
 """
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -60,8 +62,10 @@ def test_tssm_gradient_reaches_layers_times_window_plus_one():
 
 
 # ---- the synthetic recall stream (bench/memory_capacity.py) -------------------------------------
-def test_recall_rows_layout():
-    rows = capacity.recall_rows(np.random.default_rng(0), rows=64, gap=5, colours=4, size=8)
+@pytest.mark.parametrize("distractors", ["blank", "random"])
+def test_recall_rows_layout(distractors):
+    rows = capacity.recall_rows(np.random.default_rng(0), rows=64, gap=5, colours=4, size=8,
+                                distractors=distractors)
     T = 7
     assert rows["image"].shape == (64, T, 8, 8, 3) and rows["image"].dtype == np.uint8
     cue_colour = capacity.PALETTE[rows["cue"]]  # (B, 3)
@@ -72,8 +76,13 @@ def test_recall_rows_layout():
     np.testing.assert_array_equal(rows["action"][:, 0], 0)  # no action leads to the first frame
     assert (rows["action"][:, 1:-1, capacity.WAIT] == 1).all()
     assert (rows["action"][:, -1, capacity.QUERY] == 1).all()
+    gap = rows["image"][:, 1:-1]  # (B, gap, 8, 8, 3)
+    if distractors == "blank":
+        assert (gap == capacity.GREY).all()
+        return
     # distractors are solid frames of the palette, drawn independently of the cue
-    gap = rows["image"][:, 1:-1, 0, 0]  # (B, gap, 3)
+    assert (gap == gap[:, :, :1, :1]).all()
+    gap = gap[:, :, 0, 0]  # (B, gap, 3)
     assert all(any((c == p).all() for p in capacity.PALETTE[:4]) for c in gap.reshape(-1, 3))
     same = (gap == cue_colour[:, None]).all(-1).mean()
     assert 0.1 < same < 0.4  # ~1/K: not tied to the cue
@@ -119,12 +128,17 @@ def test_capacity_cells_resume_and_aggregate(tmp_path):
               "--eval-rows", "8", "--out", str(tmp_path / "out"), "--scratch", str(tmp_path / "s"),
               "--wm.d_model", "16", "--wm.units", "16"]
     capacity.main([*common, "--seeds", "0"])
-    cell = tmp_path / "out" / "cells" / "s4wm_gap2_seed0.json"
+    cell = tmp_path / "out" / "cells" / "blank_s4wm_gap2_seed0.json"
     first = cell.read_text()
+    assert json.loads(first)["budget"] == 4 and len(json.loads(first)["history"]) == 2
     capacity.main([*common, "--seeds", "0,1"])
-    assert cell.read_text() == first  # finished: not retrained
-    table = (tmp_path / "out" / "capacity.md").read_text()
-    assert "n=2" in table and (tmp_path / "out" / "capacity.png").stat().st_size > 1000
+    assert cell.read_text() == first  # finished within its budget: not retrained
+    table = (tmp_path / "out" / "capacity_blank.md").read_text()
+    assert "/2" in table and (tmp_path / "out" / "capacity_blank.png").stat().st_size > 1000
+    # a larger budget goes on from the cell's checkpoint (4 updates done: 2 more, one evaluation)
+    capacity.main([*common[:5], "6", *common[6:], "--seeds", "0"])
+    more = json.loads(cell.read_text())
+    assert more["budget"] == 6 and [h["updates"] for h in more["history"]] == [2, 4, 6]
 
 
 # ---- training to a plateau, the perception gate (memory/train.py, memory/report.py) --------------
