@@ -10,6 +10,10 @@ Rerunning the same command resumes the run in the same logdir.
 Data parallel (common/dist.py): every rank runs this loop on its own env workers (own seed) and its
 own replay shard; updates average gradients over ranks. `step` counts env steps of all ranks.
 Only rank 0 evaluates and writes logs, videos and checkpoints; every rank resumes from it.
+
+Exit status: 0 done; 2 a user's mistake or a stopped run (one line on stderr: a bad value or file,
+a full disk, non-finite updates, a diverged network), the last good checkpoint kept; 130 / 143
+stopped by SIGINT / SIGTERM after saving; 1 a bug (with its traceback).
 """
 from __future__ import annotations
 
@@ -22,10 +26,17 @@ import torch
 from agent.agent import build_agent
 from agent.loop import Collector, evaluate, openloop_video
 from common import checkpoint, dist, interrupt
-from common.cli import fail, parse, prepare_logdir
+from common.cli import fail, parse, prepare_logdir, storage_failure
+from common.health import Diverged, Health, close_all, may_save
 from common.logger import Logger
+from common.resources import check_memory
 from common.schedule import Every, Ratio
 from envs import env_seed, parse_task
+from replay.buffer import ChunkMismatch
+
+# what an online checkpoint holds (checked on load: one line for a missing or mistyped field)
+FIELDS = {"agent": dict, "step": int, "updates": int, "ratio_done": int, "rng": dict,
+          "sampler": dict}
 
 
 def pick_device(name: str) -> torch.device:
@@ -37,13 +48,26 @@ def pick_device(name: str) -> torch.device:
 
 
 def offline_name(config) -> str:
-    """Default run name of an offline memory run: offline_<dataset>, e.g. offline_four_rooms."""
+    """Default run name of an offline memory run: offline_<dataset>, e.g. offline_four_rooms.
+    The task must be the dataset's env: offline training never runs the task's env, so another
+    task would train on a dataset the command does not name."""
     from common.config import ConfigError
     from memory.collect import Spec
     try:
-        return "offline_" + Spec.from_config(config).name
+        spec = Spec.from_config(config)
     except ConfigError as e:
         fail(str(e))
+    try:  # the same task; a size the paper has no task for: the same family
+        parse_task(spec.task)
+        same = config.task == spec.task
+    except ValueError:
+        same = parse_task(config.task)[0] == spec.family
+    if not same:
+        fail(f"mode offline trains on the memory dataset memory.* describes ({spec.name}, task "
+             f"{spec.task}), not on task {config.task}: use a memory block (two_rooms, "
+             f"four_rooms_teleport, distracting_memory, multi_doors_keys, memory_maze_probe, "
+             f"...) or --mode online")
+    return "offline_" + spec.name
 
 
 def main(argv=None) -> None:
@@ -64,6 +88,15 @@ def main(argv=None) -> None:
         else:
             run(config, device)
         finished = True
+    except KeyboardInterrupt:  # the checkpoint is saved by now (common/interrupt.py)
+        raise SystemExit(interrupt.exit_code()) from None
+    except (Diverged, checkpoint.NonFiniteCheckpoint, ChunkMismatch) as e:
+        fail(str(e))
+    except OSError as e:  # a full disk, a read-only folder: the user's to fix, not a bug
+        message = storage_failure(e)
+        if message is None:
+            raise
+        fail(message)
     finally:
         dist.close(wait=finished)
 
@@ -78,18 +111,22 @@ def batch_size(config) -> int:
 
 
 def run(config, device) -> None:
-    logdir = prepare_logdir(config, write=dist.is_main())
-    checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     ranks, main_rank = dist.world_size(), dist.is_main()
     B, T = batch_size(config), config.train.seq_len
     if config.train.prefill < ranks * config.env.envs * T:
         fail(f"train.prefill ({config.train.prefill}) must be >= processes x env.envs x "
              f"train.seq_len ({ranks * config.env.envs * T}) so that every worker's stream holds "
              f"a whole sequence")
+    if config.replay.capacity < B * T:
+        fail(f"replay.capacity ({config.replay.capacity}) must be >= train.batch_size x "
+             f"train.seq_len ({B * T}) of this process: a batch could never be sampled")
     if ranks > 1 and main_rank:
         print(f"data parallel: {ranks} processes x batch {B} = global batch {ranks * B}")
+    check_memory(config, device, batch=B, ranks=ranks)  # before building anything
+    logdir = prepare_logdir(config, write=main_rank)  # after every check: nothing written before
+    checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     try:
-        ckpt = checkpoint.load(logdir / "checkpoint.pt")
+        ckpt = checkpoint.load(logdir / "checkpoint.pt", FIELDS)
     except RuntimeError as e:
         fail(str(e))
     step = int(ckpt["step"]) if ckpt is not None else 0
@@ -101,7 +138,7 @@ def run(config, device) -> None:
     # env workers + replay (loads what is on disk: <logdir>/replay, rank r > 0 replay/rank<r>)
     collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=dist.rank())
     agent = build_agent(config, collector.act_dim, collector.discrete, device)
-    logger = Logger(logdir, enabled=main_rank)
+    logger = Logger(logdir, enabled=main_rank, resume_step=step)
     updates, ratio_done, pretrain = 0, 0, config.train.pretrain
     if ckpt is not None:
         try:
@@ -110,9 +147,10 @@ def run(config, device) -> None:
                 checkpoint.set_rng_state(ckpt["rng"])
                 collector.sampler_state(ckpt["sampler"])
             updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
             fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
-                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
+                 f"away to start afresh")
         pretrain = 0
         print(f"{f'rank {dist.rank()}: ' if ranks > 1 else ''}resuming {logdir} at step {step} "
               f"({updates} updates, {len(collector.replay)} steps in replay)")
@@ -133,7 +171,8 @@ def run(config, device) -> None:
     should_video = Every(config.run.video_every, step)
     should_save = Every(config.run.checkpoint_every, step)
     ratio = Ratio(config.train.train_ratio, ranks * B * T, ratio_done)  # replayed by all ranks
-    prefill, bad_updates, healthy, ready = config.train.prefill, 0, True, False
+    prefill, ready, error = config.train.prefill, False, None
+    health = Health(config.run.nan_patience, logdir)  # when the weights may be saved
     carried, timer = None, {"t": time.time(), "step": step, "updates": updates}
     progress = collector.progress(step) if config.run.progress and main_rank else None
     try:
@@ -141,7 +180,10 @@ def run(config, device) -> None:
             interrupt.check()
             # 1. collect: one step in every env worker of every rank (random policy until prefill)
             random_policy = step < prefill
-            step += collector.step(agent, random_policy, logger) * ranks
+            steps, acted = collector.step(agent, random_policy, logger)
+            step += steps * ranks
+            if not acted:  # a non-finite policy counts as a bad update
+                health.fault(step, "non-finite policy", "random actions instead")
             if progress is not None:
                 progress.update(collector.num_envs * ranks)
 
@@ -153,16 +195,11 @@ def run(config, device) -> None:
                 for _ in range(due):
                     interrupt.check()
                     batch, reset = collector.sample(B, T)
+                    health.begin()  # from here until end(), no checkpoint may be written
                     metrics, carried, ok = agent.update(batch, carried, reset)
-                    bad_updates = 0 if ok else bad_updates + 1
+                    health.end(ok, step)  # stops the run after run.nan_patience in a row
                     if not ok:
-                        print(f"warning: non-finite loss at step {step}: update skipped "
-                              f"({bad_updates} in a row)", file=sys.stderr)
                         logger.scalar("train/nonfinite_updates", 1)
-                        if bad_updates >= config.run.nan_patience:
-                            healthy = False
-                            fail(f"{bad_updates} non-finite losses in a row at step {step}: "
-                                 f"stopped; the last good checkpoint in {logdir} is kept")
                         continue
                     # each rank carries the states of its own sampler's streams
                     carried = carried if config.train.carry_state else None
@@ -171,7 +208,11 @@ def run(config, device) -> None:
 
             # 3. evaluate with the greedy policy; open-loop predictions of the world model
             if step >= prefill and should_eval(step) and main_rank:
-                logger.scalars(evaluate(config, agent, logger, step, should_video(step)), "eval/")
+                scores = evaluate(config, agent, logger, step, should_video(step))
+                if scores is None:
+                    health.fault(step, "non-finite policy", "evaluation skipped")
+                else:
+                    logger.scalars(scores, "eval/")
                 if len(collector.replay) >= T:
                     openloop_video(config, agent, collector, logger, step)
 
@@ -187,19 +228,20 @@ def run(config, device) -> None:
                 if progress is not None:
                     progress.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in means.items()
                                           if k in ("episode/return", "fps/env")})
-            if should_save(step) and bad_updates == 0:  # never replace a good checkpoint by a bad one
+            if should_save(step) and health.saveable:  # never a bad one over a good one
                 save()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a stop, not a failure: save, and report a failing save
         print(f"interrupted at step {step}: saving a checkpoint", file=sys.stderr)
+        raise
+    except BaseException as e:
+        error = e
+        raise
     finally:
-        collector.replay.flush()  # what was collected is never lost, even when stopping on NaN
-        if healthy and bad_updates == 0:
-            save()
-        collector.close()
-        logger.write(step)
-        logger.close()
-        if progress is not None:
-            progress.close()
+        # what was collected is never lost, even when stopping on NaN; the weights are saved only
+        # from a completed, good update (common/health.py)
+        close_all([collector.replay.flush, save if may_save(health, error) else None,
+                   collector.close, lambda: logger.write(step), logger.close,
+                   progress.close if progress is not None else None], error)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from agent.returns import ReturnNorm, lambda_returns, trajectory_weight
-from common.dists import TwoHot, twohot_bins, unimix_logits
+from common.dists import TwoHot, sample_onehot, twohot_bins, unimix_logits
 from world_models.nets import MLP
 
 
@@ -59,14 +59,28 @@ class ActorCritic(nn.Module):
                               validate_args=False)
 
     def act(self, feat: torch.Tensor, greedy: bool = False) -> torch.Tensor:
-        """Action (B, A) for the environment: one-hot, or clipped to [-1, 1]."""
-        dist = self.policy(feat)
+        """Action (B, A) for the environment: one-hot, or clipped to [-1, 1]; a row whose policy
+        parameters are not finite is all nan (no valid action: the caller decides)."""
+        out = self.actor(feat)  # (B, A or 2A)
+        dist = self._dist(out)
         if greedy:
             if self.discrete:
-                return nn.functional.one_hot(dist.probs.argmax(-1), self.act_dim).float()
-            return dist.base_dist.mean
-        action = dist.sample()
-        return action if self.discrete else action.clamp(-1, 1)
+                action = nn.functional.one_hot(dist.probs.argmax(-1), self.act_dim).float()
+            else:
+                action = dist.base_dist.mean
+        else:
+            action = self._sample(dist).detach()
+            action = action if self.discrete else action.clamp(-1, 1)
+        valid = torch.isfinite(out).all(-1, keepdim=True)  # (B, 1)
+        return torch.where(valid, action, torch.full_like(action, float("nan")))
+
+    def _sample(self, dist: td.Distribution) -> torch.Tensor:
+        """A sample with straight-through / reparameterised gradients. Never raises on non-finite
+        parameters (torch's samplers do): those reach the losses, whose finiteness every update
+        checks (common/health.py)."""
+        if self.discrete:
+            return sample_onehot(dist.probs)
+        return dist.rsample()
 
     def value(self, feat, slow=False):
         net = self.slow_critic if slow else self.critic
@@ -96,7 +110,7 @@ class ActorCritic(nn.Module):
                 out = self.actor(feat.detach())  # (N, A or 2A)
             outs.append(out)
             # the model sees the samples clipped to [-1, 1] like the env does
-            a = self._dist(out).rsample() if backprop else self._dist(out.detach()).sample()
+            a = self._sample(self._dist(out if backprop else out.detach()))
             raw.append(a)
             return a if self.discrete else clip_straight_through(a)
 

@@ -7,6 +7,7 @@ states. Only `build_agent` reads the config.
 Data parallel (common/dist.py): every rank calls `update` on its own batch; gradients are averaged
 over ranks after each backward and before clipping, and every skip decision (non-finite loss) is
 agreed by all ranks, so parameters stay identical and no rank waits in a skipped collective.
+A step that blows the weights up raises common.health.Diverged (the run stops, checkpoint kept).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch.profiler import record_function
 
 from agent.actor_critic import ActorCritic
 from common import dist
+from common.health import check_growth, optimizer_step
 from common.tree import detach, where_reset
 from world_models import build_world_model
 
@@ -40,6 +42,9 @@ class Agent(torch.nn.Module):
         ac_kw = {"eps": ac_opt["eps"], "weight_decay": 0.0}
         self.actor_opt = torch.optim.AdamW(ac.actor.parameters(), lr=ac_opt["actor_lr"], **ac_kw)
         self.critic_opt = torch.optim.AdamW(ac.critic.parameters(), lr=ac_opt["critic_lr"], **ac_kw)
+        self.sizes = {name: sum(p.numel() for p in net.parameters())  # weights per network
+                      for name, net in (("world model", wm), ("actor", ac.actor),
+                                        ("critic", ac.critic))}
 
     @property
     def device(self):
@@ -52,7 +57,8 @@ class Agent(torch.nn.Module):
     @torch.no_grad()
     def act(self, obs: dict, state: dict, prev_action: np.ndarray, greedy: bool = False):
         """One env step for N workers. obs: 'image' (N, H, W, C) uint8, 'is_first' (N,);
-        prev_action (N, A): the action that led to obs. Returns (action (N, A) numpy, state)."""
+        prev_action (N, A): the action that led to obs. Returns (action (N, A) numpy, state); a
+        row of nan where the policy's parameters are not finite (see ActorCritic.act)."""
         image = torch.as_tensor(obs["image"], device=self.device).unsqueeze(1)  # (N, 1, H, W, C)
         is_first = torch.as_tensor(obs["is_first"], device=self.device).reshape(-1, 1)  # (N, 1)
         prev = torch.as_tensor(prev_action, device=self.device, dtype=torch.float32).unsqueeze(1)
@@ -77,9 +83,11 @@ class Agent(torch.nn.Module):
         wm_loss, metrics, _, new_state, starts = self.wm.loss(data, state, positions)
         if not dist.all_true(torch.isfinite(wm_loss)):
             return {}, None, False
+        steps = []  # (network, its weight norms before/after the step): checked at the next sync
         with record_function("wm/backward_step"):
-            metrics["wm/grad_norm"] = self._step(self.wm_opt, wm_loss, self.wm.parameters(),
-                                                 self.wm_clip)
+            metrics["wm/grad_norm"], norms = self._step(self.wm_opt, wm_loss, self.wm.parameters(),
+                                                        self.wm_clip)
+            steps.append(("world model", norms))
         if not torch.isfinite(metrics["wm/grad_norm"]):
             return {}, None, False
 
@@ -87,35 +95,40 @@ class Agent(torch.nn.Module):
         start_cont = 1.0 - data["is_terminal"][:, positions].reshape(-1).float()  # (B*K,)
         actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, start, start_cont)
         if not dist.all_true(torch.isfinite(actor_loss) & torch.isfinite(critic_loss)):
+            self._check_growth(steps)
             return {}, None, False  # the world model stepped; the actor-critic is left as it was
         with record_function("ac/backward_step"):
-            metrics["ac/actor_grad_norm"] = self._step(
+            metrics["ac/actor_grad_norm"], norms = self._step(
                 self.actor_opt, actor_loss, self.ac.actor.parameters(), self.ac_clip)
-            metrics["ac/critic_grad_norm"] = self._step(
+            steps.append(("actor", norms))
+            metrics["ac/critic_grad_norm"], norms = self._step(
                 self.critic_opt, critic_loss, self.ac.critic.parameters(), self.ac_clip)
+            steps.append(("critic", norms))
         if not (torch.isfinite(metrics["ac/actor_grad_norm"])
                 and torch.isfinite(metrics["ac/critic_grad_norm"])):
+            self._check_growth(steps)
             return {}, None, False
         self.ac.update_slow()
         metrics.update(ac_metrics)
         metrics["loss/world_model"] = wm_loss.detach()
         metrics["loss/actor"], metrics["loss/critic"] = actor_loss.detach(), critic_loss.detach()
         floats = {k: float(v) for k, v in metrics.items()}  # one device sync per update
+        self._check_growth(steps)
         return floats, detach(new_state), True
 
     def _step(self, opt, loss, params, clip):
         """Backward, average over ranks, clip, step; a non-finite gradient norm skips the step
         (weights untouched). The norm is computed from the averaged gradients, so it is the same
-        on every rank and so is the decision to skip."""
+        on every rank and so is the decision to skip. Returns (norm, weight norms before/after)."""
         params = list(params)
         opt.zero_grad(set_to_none=True)
         self.wm_opt.zero_grad(set_to_none=True)  # actor gradients through the model are discarded
         loss.backward()
-        dist.average_gradients(params)
-        norm = torch.nn.utils.clip_grad_norm_(params, clip)
-        if torch.isfinite(norm):
-            opt.step()
-        return norm.detach()
+        return optimizer_step(opt, params, clip)
+
+    def _check_growth(self, steps) -> None:
+        for network, norms in steps:
+            check_growth(network, norms, self.sizes[network])
 
     # ---- checkpoint -------------------------------------------------------------------------
     def checkpoint(self) -> dict:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common import interrupt
 from common.logger import openloop_grid
 from envs import env_seed, make_vector_env
 from envs.spaces import OneHot
@@ -49,8 +50,12 @@ class Collector:
         space = self.envs.single_action_space
         self.discrete, self.act_dim = isinstance(space, OneHot), int(space.shape[0])
         self.low, self.high = (0.0, 1.0) if self.discrete else (-1.0, 1.0)
+        image = self.envs.single_observation_space["image"]
+        spec = {"image": (image.shape, np.uint8), "action": ((self.act_dim,), np.float32),
+                "reward": ((), np.float32), **{k: ((), bool) for k in FLAGS}}
+        # a chunk on disk with other keys or shapes (another run's) stops the run in one line
         self.replay = Replay(str(replay_dir(logdir, rank)), config.replay.capacity,
-                             chunk_len=config.replay.chunk, seed=seed)
+                             chunk_len=config.replay.chunk, seed=seed, spec=spec)
         self.stream = StreamSampler(self.replay, batch_size or config.train.batch_size,
                                     config.train.seq_len, seed=seed + 1)
         self.rng = np.random.default_rng(seed + 2)  # random prefill policy
@@ -64,13 +69,18 @@ class Collector:
     def progress(self, step: int):
         return tqdm(total=self.config.steps, initial=step, unit="step", dynamic_ncols=True)
 
-    def step(self, agent, random_policy: bool, logger) -> int:
-        """Act once in every worker and store the outcome. Returns the env steps taken."""
+    def step(self, agent, random_policy: bool, logger) -> tuple[int, bool]:
+        """Act once in every worker and store the outcome. Returns (env steps taken, whether the
+        policy gave valid actions). Workers whose policy parameters are not finite act randomly
+        this step and their policy state starts afresh (common/health.py counts it)."""
         if self.policy_state is None:
             self.policy_state = agent.initial_policy_state(self.num_envs)
         action, self.policy_state = agent.act(self.obs, self.policy_state, self.prev_action)
-        if random_policy:
+        valid = bool(np.isfinite(action).all())
+        if random_policy or not valid:
             action = self._random_action()
+        if not valid:
+            self.policy_state = None
         obs, reward, _, _, _ = self.envs.step(action)
         first = obs["is_first"]
         action = np.where(first[:, None], 0.0, action).astype(np.float32)
@@ -83,7 +93,7 @@ class Collector:
             logger.scalar("episode/return", self.ret[i])
             logger.scalar("episode/length", self.length[i])
             self.ret[i], self.length[i] = 0.0, 0
-        return self.num_envs  # steps are agent steps; action repeat lives inside the env
+        return self.num_envs, valid  # steps are agent steps; action repeat lives inside the env
 
     def _random_action(self):
         if self.discrete:
@@ -118,8 +128,9 @@ class Collector:
 
 
 @torch.no_grad()
-def evaluate(config, agent, logger, step: int, video: bool) -> dict:
-    """Greedy episodes in separate workers; returns eval/return and eval/length; logs a video."""
+def evaluate(config, agent, logger, step: int, video: bool) -> dict | None:
+    """Greedy episodes in separate workers; returns eval/return and eval/length; logs a video.
+    None when the policy gives a non-finite action (the evaluation stops there)."""
     n = config.env.eval_envs
     envs = make_vector_env(config.task, n, seed=env_seed(config.seed + 10_000, step),
                            **env_kwargs(config))
@@ -131,9 +142,12 @@ def evaluate(config, agent, logger, step: int, video: bool) -> dict:
         quota, done = -(-config.run.eval_episodes // n), np.zeros(n, int)
         recording = video
         while len(results) < quota * n:
+            interrupt.check()  # a long evaluation stops within one env step
             if recording:
                 frames.append(obs["image"][0])
             action, state = agent.act(obs, state, prev, greedy=True)
+            if not np.isfinite(action).all():
+                return None
             obs, reward, _, _, _ = envs.step(action)
             first = obs["is_first"]
             prev = np.where(first[:, None], 0.0, action).astype(np.float32)

@@ -2,15 +2,44 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import pathlib
 import sys
 
-from common.config import ConfigError, check_resume, load_blocks, merge, parse_overrides
+from common.config import (ConfigError, check_resume, load_blocks, merge, parse_overrides,
+                           read_saved)
+
+# OSErrors that say the disk or the folder cannot take what we write: the user's to fix (one line),
+# not a bug (a traceback).
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
+                  errno.EIO, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def naming(e: OSError, path) -> OSError:
+    """`e` with the file it is about (a write that fails at flush or close names none)."""
+    if e.filename is None and e.errno is not None:
+        return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    return e
+
+
+def storage_failure(e: OSError) -> str | None:
+    """One line for an OSError of STORAGE_ERRORS (naming the file), else None (a bug)."""
+    if e.errno not in STORAGE_ERRORS:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    return (f"cannot write{where}: {e.strerror or os.strerror(e.errno)}; files already there "
+            f"(checkpoint, replay, logs) are kept")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage + message would be several lines
+        fail(f"{message} (see --help)")
 
 
 def run_main(args: list[str], what: str, cwd) -> None:
@@ -32,13 +61,14 @@ def parse(argv: list[str], prog: str = "main.py",
     except ConfigError as e:
         fail(str(e))
     names = [b for b in blocks if b != "defaults"]
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description,
+    parser = _Parser(
+        prog=prog, description=description, allow_abbrev=False,
         epilog="config blocks (merged left to right over 'defaults'): " + ", ".join(names)
         + ". Any key of configs.yaml can be overridden: --key value or --section.key value "
         "(e.g. --steps 10000 --wm.d_model 256).")
-    parser.add_argument("--configs", nargs="+", default=[], metavar="BLOCK",
-                        help="config blocks to merge, e.g. --configs miniworld s4wm")
+    parser.add_argument("--configs", nargs="+", default=[], metavar="BLOCK", action="extend",
+                        help="config blocks to merge, e.g. --configs miniworld s4wm (given twice: "
+                        "all blocks, in order)")
     args, rest = parser.parse_known_args(argv)
     try:
         return merge(blocks, args.configs, parse_overrides(rest))
@@ -49,19 +79,41 @@ def parse(argv: list[str], prog: str = "main.py",
 def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathlib.Path:
     """The run folder (derived from `name` or the task, backbone and seed unless given) with
     config.yaml in it. An existing folder is a run to resume: its saved config must match this one.
-    write=False (data-parallel ranks other than 0) only checks."""
+    Stale temporary files of killed writes are removed. write=False (data-parallel ranks other
+    than 0) only checks. Every problem with the folder exits with one line."""
     name = name or config.task
     logdir = pathlib.Path(config.logdir or f"runs/{name}_{config.backbone}_seed{config.seed}")
+    for path in (logdir, *logdir.parents):  # the logdir, or a folder above it, is a file
+        if path.exists() and not path.is_dir():
+            fail(f"logdir {logdir}: {path} is a file, not a folder: give another --logdir")
     saved = logdir / "config.yaml"
-    if saved.exists():
+    try:
+        if saved.exists() or saved.is_symlink():
+            check_resume(read_saved(saved), config, logdir)
+    except ConfigError as e:
+        fail(str(e))
+    try:
+        logdir.mkdir(parents=True, exist_ok=True)
+        if not write:
+            return logdir
+        remove_stale_tmp(logdir)
+        tmp = saved.with_name("config.yaml.tmp")
         try:
-            check_resume(saved.read_text(), config, logdir)
-        except ConfigError as e:
-            fail(str(e))
-    logdir.mkdir(parents=True, exist_ok=True)
-    if not write:
-        return logdir
-    tmp = saved.with_name("config.yaml.tmp")
-    tmp.write_text(config.dump())
-    tmp.replace(saved)
+            tmp.write_text(config.dump())  # also shows the folder takes writes, before any work
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise naming(e, tmp) from None
+        tmp.replace(saved)
+    except OSError as e:
+        fail(storage_failure(e) or f"logdir {logdir}: {e}")
     return logdir
+
+
+def remove_stale_tmp(folder) -> list[pathlib.Path]:
+    """Delete the temporary files of writes a killed process left in `folder` and below (every
+    write goes to '*.tmp' / '*.tmp.*' and is renamed when complete, so none is data)."""
+    stale = [p for pattern in ("*.tmp", "*.tmp.*") for p in pathlib.Path(folder).rglob(pattern)
+             if p.is_file() or p.is_symlink()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale

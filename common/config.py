@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import io
+import math
 import pathlib
+import re
 
 from ruamel.yaml import YAML
 
@@ -24,22 +26,127 @@ CHOICES = {
     "wm.latent": ["categorical", "gaussian"],
     "ac.actor_grad": ["reinforce", "straight_through"],
     "s4.init": ["lin", "inv"],
+    "memory.env": ["rooms", "distracting_memory", "multi_doors_keys", "memory_maze"],
 }
 
 
-# Smallest valid value of numeric keys (checked at merge time, one-line errors).
-MINIMUM = {
-    "seed": 0, "steps": 0, "threads": 0, "env.envs": 1, "env.eval_envs": 1, "env.image_size": 8,
-    "replay.capacity": 1, "replay.chunk": 1, "train.batch_size": 1, "train.global_batch": 0,
-    "train.seq_len": 2, "train.train_ratio": 0.0, "train.prefill": 0, "wm.stoch": 1, "wm.classes": 2,
-    "wm.d_model": 1, "wm.units": 1, "wm.cnn_depth": 1, "wm.reward_bins": 2, "wm.lr": 0.0,
-    "s4.n_blocks": 1, "s4.d_state": 2, "s5.n_blocks": 1, "s5.d_state": 2, "rssm.tbtt_length": 1,
-    "tssm.n_layers": 1, "tssm.n_heads": 1, "tssm.mem_len": 1, "ac.horizon": 1, "ac.start_stride": 1,
-    "ac.units": 1, "run.eval_episodes": 1, "run.openloop_context": 1, "run.nan_patience": 1,
-    "offline.updates": 0, "offline.window": 0, "offline.test_episodes": 1, "offline.query_observe": 0,
-    "offline.eval_every": 1, "offline.eval_batch": 1, "offline.log_every": 1,
-    "offline.checkpoint_every": 1, "offline.probe_episodes": 0, "offline.probe_updates": 1,
+# What each numeric key may be, by its meaning: an interval in the usual notation ('[1, inf)'
+# includes 1, '(0, 1]' excludes 0), optionally followed by 'even' or 'a power of two'. Every float
+# key must also be finite: nan and inf mean nothing anywhere. Checked after merging, one line each.
+BOUNDS = {
+    "seed": "[0, 4294967296)",  # numpy and the env workers take 32-bit seeds
+    "steps": "[0, inf)", "threads": "[0, 4096]",
+    "env.envs": "[1, inf)", "env.eval_envs": "[1, inf)",
+    "env.image_size": "[8, inf) a power of two",  # stride-2 convolutions down to 4 x 4
+    "env.action_repeat": "[0, inf)", "env.time_limit": "[0, inf)",  # 0: the family default
+    "replay.capacity": "[1, inf)", "replay.chunk": "[1, inf)",
+    "train.prefill": "[0, inf)", "train.train_ratio": "[0, inf)", "train.batch_size": "[1, inf)",
+    "train.global_batch": "[0, inf)", "train.seq_len": "[2, inf)", "train.pretrain": "[0, inf)",
+    "wm.stoch": "[1, inf)", "wm.classes": "[2, inf)", "wm.unimix": "[0, 1)",
+    "wm.d_model": "[1, inf)", "wm.units": "[1, inf)", "wm.layers": "[0, inf)",
+    "wm.cnn_depth": "[1, inf)", "wm.reward_bins": "[2, inf)",
+    # AdamW moves every weight by about lr per step: above 1 the first step outgrows any weight
+    "wm.lr": "(0, 1]", "wm.weight_decay": "[0, inf)", "wm.eps": "(0, inf)",
+    "wm.grad_clip": "(0, inf)",  # a norm: 0 stops learning, a negative one flips the gradient
+    "loss.image": "[0, inf)", "loss.reward": "[0, inf)", "loss.cont": "[0, inf)",
+    "loss.dyn": "[0, inf)", "loss.rep": "[0, inf)", "loss.free_nats": "[0, inf)",
+    "s4.n_blocks": "[1, inf)", "s4.d_state": "[2, inf) even",  # N/2 complex conjugate pairs
+    "s4.dt_min": "(0, inf)", "s4.dt_max": "(0, inf)", "s4.mlp_ratio": "[1, inf)",
+    "s4.dropout": "[0, 1)",
+    "s5.n_blocks": "[1, inf)", "s5.d_state": "[2, inf) even",  # P/2 complex conjugate pairs
+    "s5.dt_min": "(0, inf)", "s5.dt_max": "(0, inf)", "s5.mlp_ratio": "[1, inf)",
+    "s5.dropout": "[0, 1)",
+    "rssm.tbtt_length": "[1, inf)",
+    "tssm.n_layers": "[1, inf)", "tssm.n_heads": "[1, inf)", "tssm.mem_len": "[1, inf)",
+    "tssm.ff_ratio": "[1, inf)", "tssm.dropout": "[0, 1)",
+    "ac.horizon": "[1, inf)", "ac.start_stride": "[1, inf)", "ac.gamma": "(0, 1]",
+    "ac.lam": "[0, 1]", "ac.entropy": "[0, inf)", "ac.units": "[1, inf)", "ac.layers": "[0, inf)",
+    "ac.actor_lr": "(0, 1]", "ac.critic_lr": "(0, 1]", "ac.eps": "(0, inf)",
+    "ac.grad_clip": "(0, inf)", "ac.slow_critic_rate": "(0, 1]", "ac.slow_reg": "[0, inf)",
+    "ac.retnorm_decay": "[0, 1)", "ac.retnorm_limit": "(0, inf)",
+    "run.log_every": "[0, inf)", "run.eval_every": "[0, inf)", "run.eval_episodes": "[1, inf)",
+    "run.video_every": "[0, inf)", "run.openloop_context": "[1, inf)",
+    "run.checkpoint_every": "[0, inf)", "run.nan_patience": "[1, inf)",  # every: 0 disables
+    "memory.width": "[1, inf)", "memory.keys": "[1, 8]",  # 8 key colours
+    "memory.context": "[1, inf)", "memory.query": "[1, inf)", "memory.noise": "[0, 1]",
+    "memory.episodes": "[2, inf)", "memory.workers": "[1, inf)",
+    "offline.updates": "[0, inf)", "offline.window": "[0, inf)",
+    "offline.test_episodes": "[1, inf)",
+    "offline.query_observe": "[0, inf)", "offline.eval_every": "[1, inf)",
+    "offline.eval_batch": "[1, inf)", "offline.log_every": "[1, inf)",
+    "offline.checkpoint_every": "[1, inf)", "offline.probe_episodes": "[0, inf)",
+    "offline.probe_updates": "[1, inf)",
 }
+
+
+# Rules between two keys: (key, other, holds(value, other value), what must hold, applies(flat)).
+RELATIONS = [
+    ("ac.start_stride", "train.seq_len", lambda k, t: k <= t,
+     "must be <= train.seq_len ({other}): no imagination start otherwise", None),
+    ("tssm.n_heads", "wm.d_model", lambda h, d: d % h == 0,
+     "must divide wm.d_model ({other}) into equal heads", lambda f: f.get("backbone") == "tssm"),
+    ("s4.dt_min", "s4.dt_max", lambda lo, hi: lo <= hi, "must be <= s4.dt_max ({other})", None),
+    ("s5.dt_min", "s5.dt_max", lambda lo, hi: lo <= hi, "must be <= s5.dt_max ({other})", None),
+    ("wm.weight_decay", "wm.lr", lambda wd, lr: lr * wd < 1,
+     "must be < 1 / wm.lr ({other}): AdamW multiplies each weight by 1 - lr x weight_decay", None),
+    ("offline.test_episodes", "memory.episodes", lambda t, n: t < n,
+     "must be < memory.episodes ({other}): some episodes must be left to train on",
+     lambda f: f.get("mode") == "offline"),
+    ("offline.query_observe", "memory.query", lambda o, q: o < q,
+     "must be < memory.query ({other}): some query frames must be left to imagine",
+     lambda f: f.get("mode") == "offline" and f.get("memory.env") != "distracting_memory"),
+]
+
+
+def _parse_bound(rule: str) -> tuple:
+    """'[1, inf) even' -> (1.0, inf, True, False, 'even'): low, high, closed ends, extra word."""
+    m = re.fullmatch(r"([\[(])\s*([^,]+),\s*([^\])]+)([\])])\s*(.*)", rule)
+    low, high = float(m[2]), float(m[3])
+    return low, high, m[1] == "[", m[4] == "]", m[5]
+
+
+def check_bound(key: str, value, rule: str) -> None:
+    """Raise a one-line ConfigError unless `value` lies in the bound `rule` (see BOUNDS)."""
+    low, high, low_in, high_in, extra = _parse_bound(rule)
+    inside = (low <= value if low_in else low < value) and \
+        (value <= high if high_in else value < high)
+    if inside and extra == "even":
+        inside = value % 2 == 0
+    elif inside and extra == "a power of two":
+        inside = value & (value - 1) == 0
+    if inside:
+        return
+    interval = rule[:len(rule) - len(extra)].strip()
+    if math.isinf(high):  # '>= 1' reads better than '[1, inf)'
+        interval = f"{'>=' if low_in else '>'} {interval[1:].split(',')[0]}"
+    else:
+        interval = f"in {interval}"
+    text = f"{interval} and {extra}" if extra else interval
+    raise ConfigError(f"config key '{key}' must be {text}, got {value!r}")
+
+
+def check_values(flat: dict) -> None:
+    """Every key's value by its meaning: choices, finiteness, BOUNDS, RELATIONS (one line each)."""
+    for key, choices in CHOICES.items():
+        if key in flat and flat[key] not in choices:
+            raise ConfigError(f"config key '{key}' has unknown value {flat.get(key)!r} "
+                              f"(choices: {', '.join(choices)})")
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")
+    for key, rule in BOUNDS.items():
+        if key in flat:
+            check_bound(key, flat[key], rule)
+    for key, other, holds, what, applies in RELATIONS:
+        if key in flat and other in flat and (applies is None or applies(flat)):
+            if not holds(flat[key], flat[other]):
+                raise ConfigError(f"config key '{key}' ({flat[key]!r}) "
+                                  + what.format(other=flat[other]))
+    device = flat.get("device", "auto")
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:")
+                                                     and device[5:].isdigit())):
+        raise ConfigError(f"config key 'device' has unknown value {device!r} "
+                          f"(choices: auto, cpu, cuda, cuda:<index>)")
 
 
 class ConfigError(ValueError):
@@ -195,21 +302,7 @@ def merge(blocks: dict, names: list[str], overrides: dict | None = None) -> Conf
             raise ConfigError(f"unknown config key '--{key}' (closest: "
                               f"{', '.join('--' + c for c in _closest(key, defaults).split(', '))})")
         flat[key] = _coerce(key, value, defaults[key])
-    for key, choices in CHOICES.items():
-        if key in flat and flat[key] not in choices:
-            raise ConfigError(f"config key '{key}' has unknown value {flat.get(key)!r} "
-                              f"(choices: {', '.join(choices)})")
-    for key, low in MINIMUM.items():
-        if key in flat and flat[key] < low:
-            raise ConfigError(f"config key '{key}' must be >= {low}, got {flat[key]!r}")
-    if "ac.start_stride" in flat and flat["ac.start_stride"] > flat["train.seq_len"]:
-        raise ConfigError(f"config key 'ac.start_stride' ({flat['ac.start_stride']}) must be <= "
-                          f"train.seq_len ({flat['train.seq_len']}): no imagination start otherwise")
-    device = flat.get("device", "auto")
-    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:")
-                                                     and device[5:].isdigit())):
-        raise ConfigError(f"config key 'device' has unknown value {device!r} "
-                          f"(choices: auto, cpu, cuda, cuda:<index>)")
+    check_values(flat)
     return Config(flat)
 
 
@@ -228,17 +321,46 @@ def parse_overrides(argv: list[str]) -> dict:
             if i + 1 >= len(argv):
                 raise ConfigError(f"flag '--{key}' needs a value")
             value, i = argv[i + 1], i + 2
-        out[key.replace("-", "_")] = value
+        key = key.replace("-", "_")
+        if key in out:  # never drop a value silently: which one was meant?
+            raise ConfigError(f"flag '--{key}' is given twice ({out[key]!r} and {value!r}): "
+                              f"give each key once")
+        out[key] = value
     return out
 
 
-def check_resume(saved_text: str, config: Config, path) -> None:
-    """A rerun in an existing logdir must use the same config (steps may grow to continue longer)."""
-    saved = _flatten(YAML(typ="safe").load(saved_text) or {})
+def read_saved(path) -> dict:
+    """The config a run saved in its logdir (config.yaml), flat; a file that cannot be what we
+    wrote (missing keys aside) raises a one-line ConfigError naming it and the way out."""
+    path = pathlib.Path(path)
+    way_out = "restore it, or move the logdir away to start afresh"
+    try:
+        text = path.read_text()
+        saved = YAML(typ="safe").load(text)
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a saved config: {way_out}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not text (binary content): {way_out}") from None
+    except Exception as e:  # noqa: BLE001 - every YAML parser error: one line
+        raise ConfigError(f"{path} is not valid YAML ({type(e).__name__}): {way_out}") from None
+    if saved is None:
+        raise ConfigError(f"{path} is empty, so this run's settings are unknown: {way_out}")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} holds a {type(saved).__name__}, not a mapping of config "
+                          f"keys: {way_out}")
+    return _flatten(saved)
+
+
+def check_resume(saved: dict, config: Config, path) -> None:
+    """A rerun in an existing logdir must use the same config (steps may grow to continue longer).
+    saved: read_saved(<logdir>/config.yaml)."""
     now = config.flat()
     # Settings that do not change what the run computes may differ on resume.
-    allowed = {"steps", "logdir", "device", "threads", "offline.updates", "offline.eval_every",
-               "offline.eval_batch", "offline.log_every", "offline.checkpoint_every"}
+    allowed = {"steps", "logdir", "device", "threads", "memory.workers", "offline.updates",
+               "offline.eval_every", "offline.eval_batch", "offline.log_every",
+               "offline.checkpoint_every"}
     for key in sorted(set(saved) | set(now)):
         if key not in saved:  # a key added to the schema after the run started: its default holds
             continue

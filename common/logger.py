@@ -6,11 +6,14 @@ pinned); mp4 files are written with moviepy's ImageSequenceClip (ffmpeg from ima
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pathlib
 
 import numpy as np
+
+from common.cli import naming
 
 # moviepy.editor (imported by SummaryWriter.add_video) initialises pygame/SDL; on a headless machine
 # SDL then complains about audio devices and XDG_RUNTIME_DIR. Dummy drivers, only where unset.
@@ -20,17 +23,27 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 
 class Logger:
-    def __init__(self, logdir, enabled: bool = True, fps: int = 16):
+    """resume_step: the step of the checkpoint a run resumes from (0 without one). What a killed
+    run logged after it is dropped (metrics.jsonl rewritten, TensorBoard events purged), so the
+    logs never repeat or reorder steps."""
+
+    def __init__(self, logdir, enabled: bool = True, fps: int = 16,
+                 resume_step: int | None = None):
         self.logdir = pathlib.Path(logdir)
         self.enabled, self.fps = enabled, fps
         self._writer = None
         self._scalars: dict[str, list[float]] = {}
+        self._purge = None
+        if enabled and resume_step is not None:
+            truncate_jsonl(self.logdir / "metrics.jsonl", resume_step)
+            self._purge = resume_step + 1
 
     @property
     def writer(self):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
-            self._writer = SummaryWriter(str(self.logdir), max_queue=1000, flush_secs=30)
+            self._writer = SummaryWriter(str(self.logdir), max_queue=1000, flush_secs=30,
+                                         purge_step=self._purge)
         return self._writer
 
     def scalar(self, name: str, value) -> None:
@@ -53,8 +66,12 @@ class Logger:
             return means
         for key, value in means.items():
             self.writer.add_scalar(key, value, step)
-        with open(self.logdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, **means}) + "\n")
+        path = self.logdir / "metrics.jsonl"
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps({"step": step, **means}) + "\n")
+        except OSError as e:
+            raise naming(e, path) from None
         self.writer.flush()
         return means
 
@@ -75,6 +92,27 @@ class Logger:
             self._writer.close()
 
 
+def truncate_jsonl(path, last_step: int) -> None:
+    """Keep the rows of a metrics.jsonl up to `last_step` (and drop a line cut by a kill);
+    rewritten atomically, only when something goes."""
+    path = pathlib.Path(path)
+    if not path.is_file():  # absent, or not a file we wrote (appending to it will tell)
+        return
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            if row["step"] <= last_step and line.endswith("\n"):
+                keep.append(line)
+        except (ValueError, TypeError, KeyError):
+            pass
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+
+
 def write_mp4(path, frames: np.ndarray, fps: int) -> None:
     """Atomically write frames uint8 (T, H, W, C) as an H.264 mp4 (even sizes are padded)."""
     from moviepy.video.io.ImageSequenceClip import ImageSequenceClip
@@ -84,8 +122,13 @@ def write_mp4(path, frames: np.ndarray, fps: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.mp4")
     clip = ImageSequenceClip(list(frames), fps=fps)
-    clip.write_videofile(str(tmp), codec="libx264", audio=False, logger=None,
-                         ffmpeg_params=["-pix_fmt", "yuv420p"])
+    try:
+        clip.write_videofile(str(tmp), codec="libx264", audio=False, logger=None,
+                             ffmpeg_params=["-pix_fmt", "yuv420p"])
+    except OSError as e:  # ffmpeg died (a full disk, say): moviepy's message is many lines
+        tmp.unlink(missing_ok=True)
+        first = (str(e).strip().splitlines() or ["?"])[0]
+        raise OSError(errno.EIO, f"ffmpeg could not write it ({first})", str(path)) from None
     os.replace(tmp, path)
 
 

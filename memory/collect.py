@@ -8,7 +8,10 @@ ten_rooms_teleport, distracting_memory, multi_doors_keys, memory_maze_probe; key
 `env.image_size` and `run.progress`.
 
 Files: <out>/episode-<i:06d>.npz, written atomically (temp file + fsync + rename, as replay chunks
-are). A file already there is complete and is kept, so a rerun adds only missing episodes.
+are). A readable file already there is kept, so a rerun adds only missing episodes and writes
+again one that was cut short (copied half, say); leftover temp files of killed writes are removed.
+Workers ignore Ctrl-C / SIGTERM (the parent stops them within a second) and exit on their own when
+the parent dies (kill -9 included), so none goes on writing.
 Episode i comes from envs.env_seed(seed, i) alone (the env from that seed, the policy from
 [that seed, 1]), so the worker count never changes a file. <out>/dataset.yaml records the settings;
 a rerun into the same folder with other settings fails. `Replay(out, capacity, readonly=True)`
@@ -40,19 +43,23 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from ruamel.yaml import YAML
 
+from common import interrupt
 from common.config import ConfigError
 from envs import env_seed
 from envs.headless import gl_errors
 from memory.grid_policies import DistractingPolicy, DoorsKeysPolicy
 from memory.policies import MazePolicy, RoomsPolicy
-from replay.storage import write_atomic
+from replay.storage import remove_tmp, write_atomic
 
 ENVS = ("rooms", "distracting_memory", "multi_doors_keys", "memory_maze")
 ROOM_WORDS = {2: "two", 4: "four", 10: "ten"}
@@ -118,6 +125,21 @@ class Spec:
             name = f"{self.env}_{self.width if self.env == 'distracting_memory' else self.keys}"
         return name if self.image_size == 64 else f"{name}_{self.image_size}px"
 
+    @property
+    def family(self) -> str:
+        """The env family of the dataset's task (envs/registry.py)."""
+        return "memorymaze" if self.env == "memory_maze" else self.env
+
+    @property
+    def task(self) -> str:
+        """The task the dataset's episodes come from, e.g. 'rooms_four_teleport' (registered for
+        the paper's sizes only: 'distracting_memory_30' is not a task)."""
+        if self.env == "rooms":
+            return f"rooms_{ROOM_WORDS[self.rooms]}" + ("_teleport" if self.teleport else "")
+        if self.env == "memory_maze":
+            return f"memorymaze_{self.maze}"
+        return f"{self.env}_{self.width if self.env == 'distracting_memory' else self.keys}"
+
     def build(self):
         """The env (wrapped: {'image'} observations, OneHot actions)."""
         if self.env == "rooms":
@@ -155,6 +177,7 @@ def run_episode(env, spec: Spec, seed: int) -> dict[str, np.ndarray]:
     cut = length if spec.env == "memory_maze" else None  # its episodes outlast the dataset's
     terminated = truncated = False
     while not (terminated or truncated) and (cut is None or len(steps) < cut):
+        interrupt.check()  # a Ctrl-C / SIGTERM stops a long episode within a step
         action = env.action_space.from_index(policy.act())
         obs, reward, terminated, truncated, info = env.step(action)
         if info.get("teleport_source", -1) >= 0:
@@ -202,13 +225,66 @@ def episode_path(out: str, index: int) -> str:
     return os.path.join(out, f"episode-{index:06d}.npz")
 
 
+def complete(path: str) -> bool:
+    """The episode file is there and whole: its zip directory (written last) lists image and
+    flags. Cheap (nothing is decompressed); a file cut short has no directory."""
+    try:
+        with zipfile.ZipFile(path) as f:
+            return {"image.npy", "is_first.npy", "is_last.npy"} <= set(f.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _worker_start(stop, parent: int) -> None:
+    """In each collection worker: leave Ctrl-C / SIGTERM to the parent, and exit at once when
+    it sets `stop` or is gone (kill -9: this process is re-parented)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def watch():
+        while not stop.wait(0.2):
+            if os.getppid() != parent:
+                break
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _collect_parallel(spec: Spec, seed: int, todo: list[int], out: str, workers: int, done):
+    """collect_one for every index of `todo` in `workers` spawned processes; done(result) as
+    each ends. A stop request or an error stops the workers within a second."""
+    # spawn, never fork: a forked child of a process that rendered with GL hangs, and two
+    # MiniWorld envs in one process corrupt each other (envs/make.py); this process renders nothing.
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    pool = concurrent.futures.ProcessPoolExecutor(
+        min(workers, len(todo)), mp_context=ctx, initializer=_worker_start,
+        initargs=(stop, os.getpid()))
+    try:
+        pending = {pool.submit(collect_one, spec, seed, i, out) for i in todo}
+        while pending:
+            interrupt.check()
+            finished, pending = concurrent.futures.wait(
+                pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                done(future.result())
+    except BaseException:
+        stop.set()  # the workers exit now, mid-episode (its temp file is removed on the rerun)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def check_folder(out: str, spec: Spec, seed: int) -> None:
-    """Create `out` with dataset.yaml, or check that the one there has the same settings."""
+    """Create `out` with dataset.yaml, or check that the one there has the same settings.
+    Stale temp files of killed writes are removed."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"dataset folder {out} is a file: give another --memory.out")
     os.makedirs(out, exist_ok=True)
+    remove_tmp(out)
     meta, path = {**asdict(spec), "seed": seed}, os.path.join(out, "dataset.yaml")
     if os.path.exists(path):
-        with open(path) as f:
-            saved = YAML(typ="safe").load(f) or {}
+        saved = _read_meta(path)
         defaults = asdict(Spec("", 0, False, 0, 0, 0, 0, 0.0, 0))  # keys added later: older files lack them
         for key in sorted(set(saved) | set(meta)):
             if saved.get(key, defaults.get(key)) != meta.get(key):
@@ -220,34 +296,49 @@ def check_folder(out: str, spec: Spec, seed: int) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _read_meta(path: str) -> dict:
+    """A dataset.yaml as a dict, or a one-line ConfigError naming it."""
+    way_out = "restore it, or give another --memory.out"
+    try:
+        with open(path) as f:
+            saved = YAML(typ="safe").load(f)
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not the dataset's settings: {way_out}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except Exception as e:  # noqa: BLE001 - undecodable bytes, every YAML parser error
+        raise ConfigError(f"{path} is not valid YAML ({type(e).__name__}): {way_out}") from None
+    if not isinstance(saved, dict):
+        what = "nothing" if saved is None else "a " + type(saved).__name__
+        raise ConfigError(f"{path} holds {what}, not the dataset's settings: {way_out}")
+    return saved
+
+
 def collect(config) -> dict:
     """Write the missing episodes of the dataset `config` describes; returns counts and timings."""
     spec, m = Spec.from_config(config), config.memory
     out = m.out or os.path.join("datasets", spec.name)
     check_folder(out, spec, config.seed)
-    todo = [i for i in range(m.episodes) if not os.path.exists(episode_path(out, i))]
+    todo = [i for i in range(m.episodes) if not complete(episode_path(out, i))]
     bar = None
     if config.run.progress:
         from tqdm import tqdm
         bar = tqdm(total=m.episodes, initial=m.episodes - len(todo), unit="episode", desc=spec.name, dynamic_ncols=True)
     frames, busy, start = 0, 0.0, time.perf_counter()
-    if m.workers == 1 or len(todo) <= 1:
-        results = (collect_one(spec, config.seed, i, out) for i in todo)
-        pool = None
-    else:
-        # spawn, never fork: a forked child of a process that rendered with GL hangs, and two
-        # MiniWorld envs in one process corrupt each other (envs/make.py); this process renders nothing.
-        pool = concurrent.futures.ProcessPoolExecutor(min(m.workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
-        results = (f.result() for f in concurrent.futures.as_completed(
-            [pool.submit(collect_one, spec, config.seed, i, out) for i in todo]))
+
+    def done(result):
+        nonlocal frames, busy
+        frames, busy = frames + result[1], busy + result[2]
+        if bar is not None:
+            bar.update(1)
+
     try:
-        for _, n, seconds in results:
-            frames, busy = frames + n, busy + seconds
-            if bar is not None:
-                bar.update(1)
+        if m.workers == 1 or len(todo) <= 1:
+            for i in todo:
+                done(collect_one(spec, config.seed, i, out))
+        else:
+            _collect_parallel(spec, config.seed, todo, out, m.workers, done)
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
         close_envs()
         if bar is not None:
             bar.close()
@@ -257,13 +348,20 @@ def collect(config) -> dict:
 
 
 def main(argv=None) -> None:
-    from common.cli import fail, parse
+    from common.cli import fail, parse, storage_failure
+    interrupt.install()
     config = parse(sys.argv[1:] if argv is None else argv, prog="python -m memory.collect",
                    description="Generate an offline dataset for one of the paper's memory benchmarks.")
     try:
         stats = collect(config)
     except ConfigError as e:
         fail(str(e))
+    except KeyboardInterrupt:  # every episode written so far is complete and kept
+        raise SystemExit(interrupt.exit_code()) from None
+    except OSError as e:
+        if storage_failure(e) is None:
+            raise
+        fail(storage_failure(e))
     print(f"{stats['folder']}: wrote {stats['written']} episodes ({stats['frames']} frames) in "
           f"{stats['seconds']:.1f} s, {stats['seconds_per_episode']:.2f} s per episode per worker; "
           f"kept {stats['kept']} already there")

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from agent.agent import to_torch
+from common import interrupt
 from memory import metrics
 
 MODEL_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
@@ -41,6 +42,7 @@ def observe(wm, data: dict, state: dict, chunk: int):
     """Posterior pass over data (B, T, ...) in chunks. Returns (feat (B, T, F), final state)."""
     feats, T = [], data["image"].shape[1]
     for s in range(0, T, chunk):
+        interrupt.check()  # a Ctrl-C / SIGTERM during evaluation stops within a chunk
         part = {k: v[:, s:s + chunk] for k, v in data.items()}
         out, state, _ = wm.observe(wm.encoder(part["image"]), part["action"], part["is_first"], state)
         feats.append(wm.feat(out))

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from agent.agent import to_torch
+from common import interrupt
 from envs.gridmemory import COLOURS
 from memory.evaluate import MODEL_KEYS, observe
 from memory.metrics import decision_step
@@ -151,6 +152,7 @@ def fit(x: torch.Tensor, y: torch.Tensor, loss_fn, *, updates: int, batch: int, 
         opt = torch.optim.Adam(probe.parameters(), lr=lr)
         best = (float("inf"), None)
         for step in range(updates + 1):
+            interrupt.check()  # a Ctrl-C / SIGTERM during evaluation stops within a step
             if val is not None and (step % every == 0 or step == updates):
                 with torch.no_grad():
                     loss = float(loss_fn(probe(val[0]), val[1]))

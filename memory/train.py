@@ -4,7 +4,8 @@
     python main.py --configs four_rooms s4wm          # dataset made if missing, trained, evaluated
 
 1. The dataset (memory.collect, settings from the `memory` section) is generated if incomplete, then
-   read into memory; the last `offline.test_episodes` episodes (by index) are held out for evaluation.
+   read into memory; the last `offline.test_episodes` of its `memory.episodes` indices are held out
+   for evaluation (by index, whatever is readable: a test episode is never trained on).
 2. An update trains on `train.batch_size` rows of `offline.window` steps (0: the longest episode).
    A row is an episode from its first frame, continued by further random episodes when shorter than
    the window (is_first marks each start), so the context and its query are always in one row.
@@ -23,7 +24,8 @@
    flattened); the result records the loss per window, the training seconds and whether it stopped
    at a plateau.
 4. Checkpoints (model, optimiser, updates, RNG, training seconds, loss windows) every `offline.checkpoint_every` updates and at exit
-   (Ctrl-C included); rerunning the same command resumes. Rows are drawn from (seed, update index,
+   (Ctrl-C included), only from a completed, finite update (common/health.py); rerunning the
+   same command resumes. Rows are drawn from (seed, update index,
    rank), so a resumed run sees the same rows as an uninterrupted one.
 Data parallel under torchrun (common/dist.py): rank 0 makes the dataset, every rank draws its rows
 from its own contiguous slice of the training episodes (dist.shard), gradients are averaged before
@@ -44,34 +46,34 @@ from agent.agent import to_torch
 from common import checkpoint, dist, interrupt
 from common.cli import fail, prepare_logdir
 from common.config import ConfigError
+from common.health import Health, check_growth, close_all, may_save, optimizer_step
 from common.logger import Logger, openloop_grid
+from common.resources import check_memory
 from common.tree import detach
 from memory import evaluate as evaluation
-from memory.collect import Spec, collect
+from memory.collect import Spec, collect, episode_path
 from replay.storage import read_chunk
 from world_models import build_world_model
 
 MODEL_KEYS = evaluation.MODEL_KEYS
+FIELDS = {"trainer": dict, "updates": int, "rng": dict}  # what a checkpoint holds (checked)
 
 
 def dataset_folder(config) -> str:
     return config.memory.out or os.path.join("datasets", Spec.from_config(config).name)
 
 
-def load_episodes(folder: str) -> list[dict]:
-    """Every readable episode-*.npz of the folder, in index order (unreadable files: one warning)."""
-    files = sorted(glob.glob(os.path.join(folder, "episode-*.npz")))
-    episodes = [e for e in (read_chunk(f) for f in files) if e is not None]
-    if not episodes:
-        raise ConfigError(f"dataset {folder} holds no readable episodes")
-    return episodes
-
-
-def split(episodes: list[dict], test: int) -> tuple[list[dict], list[dict]]:
-    if not 0 < test < len(episodes):
-        raise ConfigError(f"offline.test_episodes must be in [1, {len(episodes) - 1}] for a dataset "
-                          f"of {len(episodes)} episodes, got {test}")
-    return episodes[:-test], episodes[-test:]
+def load_episodes(folder: str, count: int, test: int) -> tuple[list[dict], list[dict]]:
+    """(train, test) episodes of the dataset's indices [0, count): test are the last `test`
+    indices, train the others; an unreadable file is left out of its part (one warning)."""
+    def read(indices):
+        return [e for e in (read_chunk(episode_path(folder, i)) for i in indices) if e is not None]
+    train, held_out = read(range(count - test)), read(range(count - test, count))
+    if not train or not held_out:
+        part = "test" if train else "training"
+        raise ConfigError(f"dataset {folder} holds no readable {part} episodes among indices "
+                          f"[0, {count}) (offline.test_episodes={test})")
+    return train, held_out
 
 
 def draw_rows(episodes: list[dict], rng: np.random.Generator, batch: int, window: int) -> dict:
@@ -96,6 +98,8 @@ class Trainer:
         c = config.wm
         self.opt = torch.optim.AdamW(self.wm.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
         self.clip, self.chunk, self.device = c.grad_clip, config.offline.chunk, device
+        self.params = list(self.wm.parameters())
+        self.size = sum(p.numel() for p in self.params)
 
     def update(self, rows: dict) -> tuple[dict, bool]:
         """Train on rows (numpy (B, W, ...)). Returns (metrics averaged over chunks, all finite)."""
@@ -109,11 +113,11 @@ class Trainer:
                 return {}, False
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            dist.average_gradients(self.wm.parameters())  # identical on every rank from here
-            norm = torch.nn.utils.clip_grad_norm_(self.wm.parameters(), self.clip)
-            if not torch.isfinite(norm):
+            # averaged over ranks, clipped, stepped unless non-finite
+            norm, norms = optimizer_step(self.opt, self.params, self.clip)
+            if norms is None:
                 return {}, False
-            self.opt.step()
+            check_growth("world model", norms, self.size)  # Diverged: the run stops
             state = detach(state)
             metrics = {**metrics, "grad_norm": norm, "loss": loss.detach()}
             for k, v in metrics.items():
@@ -162,20 +166,21 @@ def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: L
 def run(config, name: str, device) -> None:
     """The offline loop (module docstring); `name` is the default run name."""
     main_rank = dist.is_main()
-    logdir = prepare_logdir(config, name, write=main_rank)
-    checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     o, B = config.offline, config.train.batch_size
-    folder = dataset_folder(config)
     if config.memory.env == "memory_maze" and o.probe_episodes < 1:
         fail("memory maze evaluation fits its probes on training episodes: offline.probe_episodes "
              f"must be >= 1, got {o.probe_episodes}")
+    check_memory(config, device, batch=B)  # before anything is built or written
+    logdir = prepare_logdir(config, name, write=main_rank)
+    checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
+    folder = dataset_folder(config)
     try:
         if main_rank:
             stats = collect(config)  # writes only what is missing; checks the folder's settings
             if stats["written"]:
                 print(f"{folder}: wrote {stats['written']} episodes in {stats['seconds']:.0f} s")
         dist.all_true(True)  # the other ranks wait for the dataset
-        train, test = split(load_episodes(folder), o.test_episodes)
+        train, test = load_episodes(folder, config.memory.episodes, o.test_episodes)
         probe_train = train[:o.probe_episodes]  # before sharding: the same on any world size
         if dist.world_size() > 1:
             train = list(dist.shard(train))  # this rank's slice
@@ -184,7 +189,7 @@ def run(config, name: str, device) -> None:
     window = o.window or max(len(e["is_first"]) for e in train)
     trainer = Trainer(config, train[0]["action"].shape[-1], device)
     try:
-        ckpt = checkpoint.load(logdir / "checkpoint.pt")
+        ckpt = checkpoint.load(logdir / "checkpoint.pt", FIELDS)
     except RuntimeError as e:
         fail(str(e))
     updates, seconds, windows = 0, 0.0, []
@@ -196,9 +201,10 @@ def run(config, name: str, device) -> None:
             updates = int(ckpt["updates"])
             seconds = float(ckpt.get("seconds", 0.0))  # older checkpoints: not recorded
             windows = [float(v) for v in ckpt.get("loss_windows", [])]
-        except (KeyError, RuntimeError, ValueError) as e:
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
             fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
-                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
+                 f"away to start afresh")
         print(f"resuming {logdir} at update {updates}")
     dist.broadcast_module(trainer.wm)  # rank 0's weights everywhere
     if not main_rank:
@@ -206,7 +212,8 @@ def run(config, name: str, device) -> None:
     print(f"{f'rank {dist.rank()}: ' if dist.world_size() > 1 else ''}offline training: "
           f"{len(train)} train / {len(test)} test episodes from {folder}, rows of {window} steps "
           f"{f'in chunks of {o.chunk}' if o.chunk else 'in one pass'}, {o.updates} updates")
-    logger, bad, last_eval = Logger(logdir, enabled=main_rank), 0, _last_eval(logdir)
+    logger, last_eval = Logger(logdir, enabled=main_rank, resume_step=updates), _last_eval(logdir)
+    health, error = Health(config.run.nan_patience, logdir, "update"), None
 
     def save():
         if not main_rank:
@@ -232,17 +239,13 @@ def run(config, name: str, device) -> None:
         while updates < o.updates and not plateaued(windows, o.plateau):
             interrupt.check()  # a Ctrl-C / SIGTERM stops here and saves (common/interrupt.py)
             rows = draw_rows(train, np.random.default_rng([config.seed, updates, dist.rank()]), B, window)
+            health.begin()  # from here until end(), no checkpoint may be written
             metrics, ok = trainer.update(rows)
             updates += 1
+            health.end(ok, updates)  # stops the run after run.nan_patience in a row
             if progress is not None:
                 progress.update(1)
-            bad = 0 if ok else bad + 1
             if not ok:
-                print(f"warning: non-finite loss at update {updates}: skipped ({bad} in a row)",
-                      file=sys.stderr)
-                if bad >= config.run.nan_patience:
-                    fail(f"{bad} non-finite losses in a row at update {updates}: stopped; the "
-                         f"last good checkpoint in {logdir} is kept")
                 continue
             logger.scalars(metrics, "train/")
             loss_sum = [loss_sum[0] + metrics["loss"], loss_sum[1] + 1]
@@ -264,21 +267,22 @@ def run(config, name: str, device) -> None:
                 timer = (now, updates)
                 if progress is not None:
                     progress.set_postfix({"loss": f"{means.get('train/loss', float('nan')):.4g}"})
-            if updates % o.checkpoint_every == 0:
+            if updates % o.checkpoint_every == 0 and health.saveable:
                 save()
-        if last_eval != updates and main_rank:  # the final one (also when a finished run is rerun)
+        # the final evaluation (also when a finished run is rerun), of weights that may be saved
+        if last_eval != updates and main_rank and health.saveable:
             run_evaluation(config, trainer, test, logdir, logger, updates, probe_train,
                            progress_info())
             logger.write(updates)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a stop, not a failure: save, and report a failing save
         print(f"interrupted at update {updates}: saving a checkpoint", file=sys.stderr)
-    finally:
-        if bad == 0:
-            save()
-        logger.write(updates)
-        logger.close()
-        if progress is not None:
-            progress.close()
+        raise
+    except BaseException as e:
+        error = e
+        raise
+    finally:  # the weights are saved only from a completed, good update (common/health.py)
+        close_all([save if may_save(health, error) else None, lambda: logger.write(updates),
+                   logger.close, progress.close if progress is not None else None], error)
 
 
 def plateaued(windows: list[float], tolerance: float) -> bool:

@@ -30,6 +30,10 @@ Persistence (see replay/storage.py for names and atomic writes):
   * Eviction is FIFO in steps (arrival order) and only frees memory: files are user data and stay.
   * On construction the directory is read newest chunk first until capacity_steps are loaded, then
     inserted oldest first; an unreadable file is skipped with one warning and never deleted.
+    Given a `spec` (the env's keys and shapes), a readable chunk that does not fit it raises
+    ChunkMismatch naming the file (another run's data in this folder: the user decides); without
+    one, the first chunk read fixes the spec and later misfits are skipped with a warning.
+    Leftover temporary files of killed writes are deleted (unless readonly).
     Chunks are reinserted chunk by chunk, so after a reload eviction follows chunk order instead of
     the original step-by-step interleaving of streams.
   * A restarted run writes new streams (new uuids); reloaded streams are read-only history.
@@ -46,6 +50,7 @@ import warnings
 
 import numpy as np
 
+from common import interrupt
 from replay import storage
 from replay.samplers import draw_starts
 
@@ -53,6 +58,10 @@ from replay.samplers import draw_starts
 CONTRACT_DTYPES = {"image": np.uint8, "action": np.float32, "reward": np.float32,
                    "is_first": bool, "is_last": bool, "is_terminal": bool}
 REQUIRED = ("is_first", "is_last")
+
+
+class ChunkMismatch(ValueError):
+    """A chunk on disk does not fit the spec the Replay was given; the message is one line."""
 
 
 class Segment:
@@ -103,10 +112,12 @@ class Replay:
     chunk_len       steps per saved chunk at most
     readonly        load only; add() raises
     seed            seed of the generator that `sample` draws from
+    spec            {key: (per-step shape, dtype)} every step must have (None: the first step or
+                    chunk decides)
     """
 
     def __init__(self, directory: str | None, capacity_steps: int, chunk_len: int = 1024,
-                 readonly: bool = False, seed: int = 0):
+                 readonly: bool = False, seed: int = 0, spec: dict | None = None):
         if capacity_steps < 1 or chunk_len < 1:
             raise ValueError(f"replay: capacity_steps={capacity_steps} and chunk_len={chunk_len} "
                              "must be >= 1")
@@ -122,9 +133,13 @@ class Replay:
         self._segments: dict[int, Segment] = {}
         self._sids = -1
         self._live: dict[int, tuple[Segment, storage.ChunkWriter | None]] = {}
+        self._given = spec is not None
+        if spec is not None:
+            self._set_spec({k: np.zeros((0, *shape), dtype) for k, (shape, dtype) in spec.items()})
         if directory is not None:
             if not readonly:
                 os.makedirs(directory, exist_ok=True)
+                storage.remove_tmp(directory)
             self._load()
 
     def __len__(self) -> int:
@@ -186,6 +201,7 @@ class Replay:
         for versions in reversed(storage.list_chunks(self.directory)):
             if total >= self.capacity:
                 break
+            interrupt.check()  # a large replay takes a while to read
             for f in versions:  # longest first; a shorter version only if the longer is unreadable
                 arrays = self._read(f.path)
                 if arrays is not None:
@@ -213,7 +229,15 @@ class Replay:
         if self.spec is None:
             self._set_spec(arrays)
         shapes = {k: v.shape[1:] for k, v in arrays.items()}
-        if shapes != {k: shape for k, (shape, _) in self.spec.items()}:
+        expected = {k: shape for k, (shape, _) in self.spec.items()}
+        if shapes != expected and self._given:
+            diff = sorted(set(shapes.items()) ^ set(expected.items()))
+            key = diff[0][0]
+            raise ChunkMismatch(
+                f"replay chunk {path} does not fit this run: its '{key}' per step is "
+                f"{shapes.get(key, 'missing')}, this run's is {expected.get(key, 'absent')} "
+                f"(another run's data?): move it out of {self.directory}")
+        if shapes != expected:
             warnings.warn(f"replay: skipping chunk {path}: per-step keys/shapes {shapes} differ "
                           f"from {dict((k, s) for k, (s, _) in self.spec.items())}", stacklevel=3)
             return None

@@ -20,7 +20,8 @@ both; readers keep the longest version of each (uuid, index), so a reload never 
 
 Every write goes to a temporary `.<random>.npz.tmp` in the same directory, is fsynced, then
 `os.replace`d onto its final name, so a reader never sees half a chunk under a chunk name. Leftover
-`.tmp` files from a killed process are ignored (not deleted).
+`.tmp` files from a killed process are ignored by readers and deleted by `remove_tmp` (a writer
+about to start in that directory).
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+from common.cli import naming
 
 _NAME = re.compile(r"^(\d{8}T\d{12})-([0-9a-f]{32})-(\d+)-(\d+)\.npz$")
 _last_time = [0]  # microseconds of the last timestamp handed out in this process
@@ -100,6 +103,16 @@ def read_chunk(path: str, required=("is_first", "is_last")) -> dict[str, np.ndar
     return arrays
 
 
+def remove_tmp(directory: str) -> None:
+    """Delete the temporary files killed writes left in `directory` (none of them is data)."""
+    for name in os.listdir(directory):
+        if name.endswith(".npz.tmp"):
+            try:
+                os.remove(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+
+
 def write_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
     """Save `arrays` as compressed .npz at `path`: temp file in the same directory, fsync, replace."""
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".npz.tmp", dir=os.path.dirname(path))
@@ -109,9 +122,11 @@ def write_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise naming(e, path) from None
         raise
 
 

@@ -109,7 +109,7 @@ def plain_ac_loss(ac, wm, start, start_cont):
     backprop, raw = ac.grad == "straight_through", []
 
     def sample(feat):
-        a = ac.policy(feat.detach()).rsample() if backprop else ac.policy(feat).sample()
+        a = ac._sample(ac.policy(feat.detach()))  # one-hot / reparameterised sample
         raw.append(a)
         return a if ac.discrete else clip_straight_through(a)
 

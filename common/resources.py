@@ -1,0 +1,83 @@
+"""Memory a run will need, estimated before anything is built, against what the machine has.
+
+A lower bound, so a run it refuses could never have fit (and one it lets through still may not):
+
+    replay / dataset   steps held x bytes per step (uint8 image, action, reward, flags, indices)
+    model              weights counted on the meta device (nothing allocated) x 16 bytes:
+                       float32 weights, gradients and AdamW's two moments
+    batch              per frame of one update: the float image, its reconstruction and that
+                       reconstruction's gradient, plus the first encoder / last decoder stage;
+                       offline also the rows' uint8 frames (batch x window)
+
+On a CUDA device the model and batch are compared with the GPU's memory, the replay with the RAM.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from common.cli import fail
+
+GB = 1e9
+
+
+def ram_bytes() -> int:
+    """Physical memory of this machine."""
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def parameter_count(config, act_dim: int = 1) -> int:
+    """Weights of the model `config` describes (the agent online, the world model offline),
+    counted without allocating them. act_dim only sizes a few input rows: 1 is close enough."""
+    with torch.device("meta"):
+        if config.mode == "offline":
+            from world_models import build_world_model
+            model = build_world_model(config, act_dim)
+        else:
+            from agent.agent import build_agent
+            model = build_agent(config, act_dim, True, torch.device("meta"))
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate(config, batch: int, ranks: int = 1) -> dict[str, float]:
+    """Bytes this process needs at least: {'replay' or 'dataset', 'model', 'batch'}."""
+    S, m = config.env.image_size, config.memory
+    frame = 3 * S * S
+    stages = 2 * (S // 2) ** 2 * config.wm.cnn_depth  # first encoder + last decoder stage
+    activations = float(batch) * config.train.seq_len * 4.0 * (3 * frame + 2 * stages)
+    if config.mode == "offline":
+        length = 3 * m.width + 31 if m.env == "distracting_memory" else m.context + m.query
+        held = {"dataset": float(m.episodes) * length * (frame + 64)}
+        activations += float(batch) * (config.offline.window or length) * frame  # the rows
+    else:
+        steps = min(config.replay.capacity, math.ceil(config.steps / ranks))
+        held = {"replay": float(steps) * (frame + 64)}
+    return {**held, "model": 16.0 * parameter_count(config), "batch": activations}
+
+
+LOWER = {"replay": "replay.capacity", "dataset": "memory.episodes or memory.context/query",
+         "model": "wm.d_model, wm.units, wm.cnn_depth or ac.units",
+         "batch": "train.batch_size, train.seq_len or offline.window"}
+
+
+def _gb(n: float) -> str:
+    return f"{n / GB:.0f} GB" if n >= 10 * GB else f"{n / GB:.2g} GB"
+
+
+def check_memory(config, device, batch: int, ranks: int = 1) -> None:
+    """Exit with one line when the estimate exceeds this machine's memory."""
+    need = estimate(config, batch, ranks)
+    places = [("memory", ram_bytes(), list(need))]
+    if torch.device(device).type == "cuda":
+        gpu = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        places = [("memory", ram_bytes(), [k for k in need if k in ("replay", "dataset")]),
+                  ("GPU memory", gpu, ["model", "batch"])]
+    for where, have, parts in places:
+        total = sum(need[k] for k in parts)
+        if total > have:
+            big = max(parts, key=need.get)
+            terms = ", ".join(f"{k} {_gb(need[k])}" for k in parts)
+            fail(f"this run needs at least {_gb(total)} of {where} ({terms}) but this machine "
+                 f"has {_gb(have)}: lower {LOWER[big]}")
