@@ -27,6 +27,7 @@ CHOICES = {
     "ac.actor_grad": ["reinforce", "straight_through"],
     "s4.init": ["lin", "inv"],
     "memory.env": ["rooms", "distracting_memory", "multi_doors_keys", "memory_maze"],
+    "memory.rooms": [2, 4, 10],
 }
 
 
@@ -70,7 +71,8 @@ BOUNDS = {
     "memory.width": "[1, inf)", "memory.keys": "[1, 8]",  # 8 key colours
     "memory.context": "[1, inf)", "memory.query": "[1, inf)", "memory.noise": "[0, 1]",
     "memory.episodes": "[2, inf)", "memory.workers": "[1, inf)",
-    "offline.updates": "[0, inf)", "offline.window": "[0, inf)",
+    "offline.updates": "[0, inf)", "offline.window": "[0, inf)", "offline.chunk": "[0, inf)",
+    "offline.plateau": "[0, 1)",  # a fraction of the loss
     "offline.test_episodes": "[1, inf)",
     "offline.query_observe": "[0, inf)", "offline.eval_every": "[1, inf)",
     "offline.eval_batch": "[1, inf)", "offline.log_every": "[1, inf)",
@@ -130,7 +132,7 @@ def check_values(flat: dict) -> None:
     for key, choices in CHOICES.items():
         if key in flat and flat[key] not in choices:
             raise ConfigError(f"config key '{key}' has unknown value {flat.get(key)!r} "
-                              f"(choices: {', '.join(choices)})")
+                              f"(choices: {', '.join(map(str, choices))})")
     for key, value in flat.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"config key '{key}' must be a finite number, got {value!r}")

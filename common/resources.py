@@ -7,7 +7,8 @@ A lower bound, so a run it refuses could never have fit (and one it lets through
                        float32 weights, gradients and AdamW's two moments
     batch              per frame of one update: the float image, its reconstruction and that
                        reconstruction's gradient, plus the first encoder / last decoder stage;
-                       offline also the rows' uint8 frames (batch x window)
+                       offline: a pass is offline.chunk steps (0: the whole window), plus the
+                       rows' uint8 frames (batch x window)
 
 On a CUDA device the model and batch are compared with the GPU's memory, the replay with the RAM.
 """
@@ -46,20 +47,24 @@ def estimate(config, batch: int, ranks: int = 1) -> dict[str, float]:
     S, m = config.env.image_size, config.memory
     frame = 3 * S * S
     stages = 2 * (S // 2) ** 2 * config.wm.cnn_depth  # first encoder + last decoder stage
-    activations = float(batch) * config.train.seq_len * 4.0 * (3 * frame + 2 * stages)
+    per_frame = 4.0 * (3 * frame + 2 * stages)
     if config.mode == "offline":
         length = 3 * m.width + 31 if m.env == "distracting_memory" else m.context + m.query
+        window = config.offline.window or length
         held = {"dataset": float(m.episodes) * length * (frame + 64)}
-        activations += float(batch) * (config.offline.window or length) * frame  # the rows
+        # the rows' frames, and one backward pass over offline.chunk steps (0: the whole row)
+        activations = float(batch) * window * (frame + per_frame * (config.offline.chunk or window)
+                                               / window)
     else:
         steps = min(config.replay.capacity, math.ceil(config.steps / ranks))
         held = {"replay": float(steps) * (frame + 64)}
+        activations = float(batch) * config.train.seq_len * per_frame
     return {**held, "model": 16.0 * parameter_count(config), "batch": activations}
 
 
 LOWER = {"replay": "replay.capacity", "dataset": "memory.episodes or memory.context/query",
          "model": "wm.d_model, wm.units, wm.cnn_depth or ac.units",
-         "batch": "train.batch_size, train.seq_len or offline.window"}
+         "batch": "train.batch_size, train.seq_len, offline.window or offline.chunk"}
 
 
 def _gb(n: float) -> str:
