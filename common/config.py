@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import io
 import pathlib
+import re
 
 from ruamel.yaml import YAML
 
@@ -40,6 +41,10 @@ MINIMUM = {
     "offline.eval_every": 1, "offline.eval_batch": 1, "offline.log_every": 1,
     "offline.checkpoint_every": 1, "offline.probe_episodes": 0, "offline.probe_updates": 1,
 }
+
+
+# Keys holding regular expressions (matched in full against observation keys, world_models/).
+REGEX = ("wm.cnn_keys", "wm.mlp_keys")
 
 
 class ConfigError(ValueError):
@@ -202,6 +207,12 @@ def merge(blocks: dict, names: list[str], overrides: dict | None = None) -> Conf
     for key, low in MINIMUM.items():
         if key in flat and flat[key] < low:
             raise ConfigError(f"config key '{key}' must be >= {low}, got {flat[key]!r}")
+    for key in REGEX:
+        try:
+            re.compile(flat.get(key, ""))
+        except re.error as e:
+            raise ConfigError(f"config key '{key}' has {flat[key]!r}, not a regular expression "
+                              f"({e}); e.g. 'image', '.*' (all), '' (none)") from None
     if "ac.start_stride" in flat and flat["ac.start_stride"] > flat["train.seq_len"]:
         raise ConfigError(f"config key 'ac.start_stride' ({flat['ac.start_stride']}) must be <= "
                           f"train.seq_len ({flat['train.seq_len']}): no imagination start otherwise")
