@@ -62,7 +62,8 @@ def test_block_with_unknown_key_is_rejected():
 def test_project_configs_are_consistent():
     blocks = load_blocks()
     for name in ["miniworld", "dmc", "memorymaze", "dmc_proprio", "minigrid", "bsuite", "s4wm",
-                 "s5wm", "rssm", "tssm", "debug", "cpu", "proprio_cpu"]:
+                 "s5wm", "rssm", "tssm", "debug", "cpu", "vector_cpu",
+                 "memory_control"]:
         merge(blocks, [name])  # every block only uses keys of the schema, with the right types
     assert merge(blocks, ["dmc", "rssm"]).backbone == "rssm"
 
