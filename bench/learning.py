@@ -21,8 +21,9 @@ skips finished ones (last logged step >= steps). --jobs N runs N cells at once, 
 command does not know go to every main.py run (e.g. --run.eval_every 2000).
 
 A uniformly random policy is measured on every task. Outputs, one task: <out>/learning.png, .md,
-.json. A study writes its small result files to --results (default docs/learning/<study>, to be
-committed; the runs stay in --out, default reports/learning/<study>):
+.json. A study writes its small result files to --results (default
+docs/results/learning/<study>, to be committed; the runs stay in --out, default
+reports/learning/<study>):
     control   <task>.png       eval return vs agent steps, mean +- s.e. over seeds per backbone,
                                random policy dashed, the anchor's curve (--anchor) dotted
     memory    success.png      final eval success rate vs the steps to remember, mean +- s.e.
@@ -88,7 +89,7 @@ class Study(NamedTuple):
 STUDIES = {
     "proprio": Study(("dmc_proprio", "vector_cpu"),
                      ("dmc_proprio_cartpole_balance", "dmc_proprio_cartpole_swingup",
-                      "dmc_proprio_walker_walk"), steps=60_000, memory=None, random_episodes=10),
+                      "dmc_proprio_walker_walk"), steps=50_000, memory=None, random_episodes=10),
     "minigrid_memory": Study(("minigrid", "learn", "memory_control"),
                              ("minigrid_MemoryS7", "minigrid_MemoryS9", "minigrid_MemoryS11",
                               "minigrid_MemoryS13"), steps=30_000, memory=_minigrid_hallway),
@@ -440,7 +441,7 @@ def run_study(args, extra) -> None:
     backbones, seeds = args.backbones.split(","), args.seeds.split(",")
     steps = args.steps or study.steps
     out = pathlib.Path(args.out or f"reports/learning/{args.study}")
-    results = pathlib.Path(args.results or f"docs/learning/{args.study}")
+    results = pathlib.Path(args.results or f"docs/results/learning/{args.study}")
     from envs import parse_task
     for task in tasks:
         try:
