@@ -1,4 +1,4 @@
-"""Does the agent learn? Train backbones x seeds x tasks, plot eval return (or success) against steps.
+"""Does the agent learn? Train backbones x seeds x tasks; plot eval return or success against steps.
 
 One task (the default; issue 4):
 
@@ -185,7 +185,8 @@ def _add_wall(logdir: pathlib.Path, seconds: float) -> None:
 def run_cells(cells: list[tuple[list[str], str, pathlib.Path]], jobs: int) -> None:
     """Run main.py for each (args, name, logdir), `jobs` at a time, adding each run's wall time
     to <logdir>/bench_wall.json. jobs == 1: output to this terminal and the first failure stops
-    (one error line); else each run writes <logdir>/run.log and the failures are named at the end."""
+    (one error line); else each run writes <logdir>/run.log and the failures are named at the
+    end."""
     if jobs == 1:
         for args, name, logdir in cells:
             start = time.time()
@@ -254,9 +255,10 @@ def single_task(args, extra) -> None:
     lines = [f"# Learning: {task}, {steps} env steps, configs {' '.join(configs)}", "",
              f"{_machine_line()}. Random policy return: {baseline:.4g} "
              f"({args.random_episodes or 10} episodes)", "",
-             "| backbone | seed | last eval at step | final eval return | best eval return | wall time |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {b} | {s} | {n} | {f:.4g} | {m:.4g} | {w:.1f} min |" for b, s, n, f, m, w in table]
+             "| backbone | seed | last eval at step | final eval return | best eval return "
+             "| wall time |", "|---|---|---|---|---|---|"]
+    lines += [f"| {b} | {s} | {n} | {f:.4g} | {m:.4g} | {w:.1f} min |"
+              for b, s, n, f, m, w in table]
     (out / "learning.md").write_text("\n".join(lines) + "\n")
     (out / "learning.json").write_text(json.dumps(
         {"task": task, "random_return": baseline,

@@ -119,4 +119,5 @@ def test_study_errors_are_one_line(capsys):
         learning.main(["--study", "proprioo"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown study 'proprioo' (choices: proprio, minigrid_memory, bsuite_memory)"
+    choices = "proprio, minigrid_memory, bsuite_memory"
+    assert err == f"error: unknown study 'proprioo' (choices: {choices})"

@@ -14,8 +14,8 @@ from envs.headless import gl_errors
 from envs.spaces import OneHot
 from envs.wrappers import ActionRepeat, EpisodeFlags
 
-TASKS = ["miniworld_FourRooms", "dmc_cartpole_balance", "memorymaze_9x9", "dmc_proprio_cartpole_balance",
-         "minigrid_MemoryS7", "bsuite_memory_len_5"]
+TASKS = ["miniworld_FourRooms", "dmc_cartpole_balance", "memorymaze_9x9",
+         "dmc_proprio_cartpole_balance", "minigrid_MemoryS7", "bsuite_memory_len_5"]
 STEPS = 50
 FLAGS = ("is_first", "is_last", "is_terminal")
 
@@ -41,7 +41,7 @@ def _random_episode(env, steps):
             observations.append(obs), resets.append(True), copies.append(own(obs))
     for obs, copy in zip(observations, copies):
         for key, value in copy.items():
-            np.testing.assert_array_equal(obs[key], value, err_msg=f"{key} buffer reused across steps")
+            np.testing.assert_array_equal(obs[key], value, err_msg=f"{key} buffer reused")
     return observations, resets
 
 
@@ -173,7 +173,8 @@ def test_bsuite_memory_len_rewards_recalling_the_first_observation():
             answer = int(context > 0) ^ flip
             steps, done = 0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(env.action_space.from_index(answer))
+                action = env.action_space.from_index(answer)
+                obs, reward, terminated, truncated, _ = env.step(action)
                 steps, done = steps + 1, terminated or truncated
             assert terminated and steps == L + 1 and reward == (-1.0 if flip else 1.0)
     assert set(contexts) == {-1.0, 1.0}

@@ -166,7 +166,8 @@ def test_debug_run_on_image_and_vectors(tmp_path):
     run("--configs", "debug", "dmc", "rssm", "--task", "dmc_cartpole_balance",
         "--env.fast_render", "true", "--wm.mlp_keys", ".*", "--logdir", str(logdir),
         "--steps", "110", "--run.eval_every", "110", "--run.video_every", "110")
-    keys = set().union(*[json.loads(l) for l in (logdir / "metrics.jsonl").read_text().splitlines()])
+    rows = (logdir / "metrics.jsonl").read_text().splitlines()
+    keys = set().union(*[json.loads(l) for l in rows])
     assert {"train/loss/image", "train/loss/vector", "eval/return"} <= keys, keys
     data = replay_arrays(logdir)
     assert {"image", "position", "velocity"} <= set(data) and data["image"].dtype == np.uint8

@@ -64,7 +64,8 @@ def observation_keys(config, spaces: dict) -> tuple[str | None, dict[str, int]]:
     have = ", ".join(f"{k} {shape}" for k, (shape, _) in spaces.items())
     if len(images) > 1:
         raise ConfigError(f"wm.cnn_keys={config.wm.cnn_keys!r} matches several images "
-                          f"({', '.join(images)}); the world model takes one (observations: {have})")
+                          f"({', '.join(images)}); the world model takes one "
+                          f"(observations: {have})")
     if not images and not vectors:
         raise ConfigError(f"wm.cnn_keys={config.wm.cnn_keys!r} and wm.mlp_keys="
                           f"{config.wm.mlp_keys!r} match no image (H, W, C) uint8 or vector (n,) "
@@ -86,7 +87,8 @@ def build_world_model(config, act_dim: int, channels: int = 3,
     image_key, vectors = observation_keys(c, spaces)
     image_shape = dict(spaces)[image_key][0] if image_key else (c.env.image_size,) * 2 + (channels,)
     if image_shape[0] != image_shape[1]:
-        raise ConfigError(f"observation '{image_key}' is {image_shape}: the CNN takes square images")
+        raise ConfigError(f"observation '{image_key}' is {image_shape}: the CNN takes square "
+                          "images")
     kw = dict(act_dim=act_dim,
               latent=LatentSpace(c.wm.latent, c.wm.stoch, c.wm.classes, c.wm.unimix),
               d_model=c.wm.d_model, units=c.wm.units, layers=c.wm.layers,

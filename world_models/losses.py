@@ -1,5 +1,6 @@
 """World-model loss terms as pure functions. Each returns a (B, T) tensor named like its scale in the
-`loss` config section (image, vector, reward, cont, dyn, rep); `combine` applies the scales in one place."""
+`loss` config section (image, vector, reward, cont, dyn, rep); `combine` applies the scales in one
+place."""
 from __future__ import annotations
 
 import torch
