@@ -27,6 +27,7 @@ from agent.agent import build_agent
 from agent.loop import Collector, evaluate, openloop_video
 from common import checkpoint, dist, interrupt
 from common.cli import fail, parse, prepare_logdir, storage_failure
+from common.config import ConfigError
 from common.health import Diverged, Health, close_all, may_save
 from common.logger import Logger
 from common.resources import check_memory
@@ -136,8 +137,11 @@ def run(config, device) -> None:
     if ckpt is not None and not main_rank:
         seed = env_seed(seed, step)
     # env workers + replay (loads what is on disk: <logdir>/replay, rank r > 0 replay/rank<r>)
-    collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=dist.rank())
-    agent = build_agent(config, collector.act_dim, collector.discrete, device)
+    try:  # an observation choice (wm.cnn_keys / wm.mlp_keys) the task lacks fails in one line
+        collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=dist.rank())
+    except ConfigError as e:
+        fail(str(e))
+    agent = build_agent(config, collector.act_dim, collector.discrete, device, collector.spaces)
     logger = Logger(logdir, enabled=main_rank, resume_step=step)
     updates, ratio_done, pretrain = 0, 0, config.train.pretrain
     if ckpt is not None:

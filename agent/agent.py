@@ -56,14 +56,16 @@ class Agent(torch.nn.Module):
 
     @torch.no_grad()
     def act(self, obs: dict, state: dict, prev_action: np.ndarray, greedy: bool = False):
-        """One env step for N workers. obs: 'image' (N, H, W, C) uint8, 'is_first' (N,);
-        prev_action (N, A): the action that led to obs. Returns (action (N, A) numpy, state); a
-        row of nan where the policy's parameters are not finite (see ActorCritic.act)."""
-        image = torch.as_tensor(obs["image"], device=self.device).unsqueeze(1)  # (N, 1, H, W, C)
+        """One env step for N workers. obs: the model's keys (image uint8 (N, H, W, C), vectors
+        (N, n)) and 'is_first' (N,); prev_action (N, A): the action that led to obs.
+        Returns (action (N, A) numpy, state); a row of nan where the policy's parameters are not
+        finite (see ActorCritic.act)."""
+        x = {k: torch.as_tensor(obs[k], device=self.device).unsqueeze(1)  # each (N, 1, ...)
+             for k in self.wm.obs_keys}
         is_first = torch.as_tensor(obs["is_first"], device=self.device).reshape(-1, 1)  # (N, 1)
         prev = torch.as_tensor(prev_action, device=self.device, dtype=torch.float32).unsqueeze(1)
-        state = where_reset(is_first[:, 0], self.wm.initial_state(image.shape[0]), state)
-        embed = self.wm.encoder(image)  # (N, 1, E)
+        state = where_reset(is_first[:, 0], self.wm.initial_state(is_first.shape[0]), state)
+        embed = self.wm.embed(x)  # (N, 1, E)
         _, state, _ = self.wm.observe(embed, prev, is_first, state)
         action = self.ac.act(self.wm.feat(state), greedy)
         return action.cpu().numpy(), state
@@ -142,9 +144,11 @@ class Agent(torch.nn.Module):
         self.critic_opt.load_state_dict(ckpt["critic_opt"])
 
 
-def build_agent(config, act_dim: int, discrete: bool, device) -> Agent:
+def build_agent(config, act_dim: int, discrete: bool, device, spaces: dict | None = None) -> Agent:
+    """spaces: the env's observations {key: (shape, dtype)} (world_models.observation_keys picks
+    the model's inputs); None: one RGB image."""
     c = config
-    wm = build_world_model(c, act_dim)
+    wm = build_world_model(c, act_dim, spaces=spaces)
     ac = ActorCritic(feat_size=wm.feat_size, act_dim=act_dim, discrete=discrete, units=c.ac.units,
                      layers=c.ac.layers, bins=c.wm.reward_bins, unimix=c.wm.unimix,
                      horizon=c.ac.horizon, gamma=c.ac.gamma, lam=c.ac.lam, entropy=c.ac.entropy,

@@ -1,9 +1,11 @@
 """The pieces main.py calls: collecting experience into replay, evaluation, open-loop videos.
 
 Storing a step (replay alignment, replay/buffer.py): after env.step(a_{t-1}) returns o_t, r_t we
-store {image o_t, action a_{t-1}, reward r_t, flags of o_t}; a reset observation is stored with a zero
-action and reward. gymnasium's vector envs auto-reset on the step *after* is_last (NEXT_STEP mode):
-that call ignores the action and returns the first observation of the next episode (is_first).
+store {the model's observation keys of o_t, action a_{t-1}, reward r_t, flags of o_t}; a reset
+observation is stored with a zero action and reward. Observation keys are those the world model
+reads (world_models.observation_keys): the image uint8 (H, W, C), vectors float32 (n,).
+gymnasium's vector envs auto-reset on the step *after* is_last (NEXT_STEP mode): that call
+ignores the action and returns the first observation of the next episode (is_first).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from common.logger import openloop_grid
 from envs import env_seed, make_vector_env
 from envs.spaces import OneHot
 from replay import Replay, StreamSampler
+from world_models import observation_keys
 
 FLAGS = ("is_first", "is_last", "is_terminal")
 
@@ -47,6 +50,15 @@ class Collector:
         # episodes (seed derived from the step) rather than replaying the opening ones.
         env_base = seed if start_step == 0 else env_seed(seed, start_step)
         self.envs = make_vector_env(config.task, self.num_envs, seed=env_base, **env_kwargs(config))
+        # {key: (shape, dtype)} of one env's observations; the model's keys are stored in replay
+        self.spaces = {k: (v.shape, v.dtype)
+                       for k, v in self.envs.single_observation_space.spaces.items()}
+        try:
+            image_key, vectors = observation_keys(config, self.spaces)
+        except ValueError:
+            self.envs.close()
+            raise
+        self.image_key, self.vector_keys = image_key, tuple(vectors)
         space = self.envs.single_action_space
         self.discrete, self.act_dim = isinstance(space, OneHot), int(space.shape[0])
         self.low, self.high = (0.0, 1.0) if self.discrete else (-1.0, 1.0)
@@ -103,8 +115,10 @@ class Collector:
 
     def _store(self, obs, action, reward):
         for i in range(self.num_envs):
-            step = {"image": obs["image"][i], "action": action[i],
-                    "reward": np.float32(reward[i])}
+            step = {k: np.asarray(obs[k][i], np.float32) for k in self.vector_keys}  # each (n,)
+            if self.image_key:
+                step[self.image_key] = obs[self.image_key][i]  # uint8 (H, W, C)
+            step.update(action=action[i], reward=np.float32(reward[i]))
             step.update({k: bool(obs[k][i]) for k in FLAGS})
             self.replay.add(step, stream=i)
 
@@ -129,7 +143,9 @@ class Collector:
 
 @torch.no_grad()
 def evaluate(config, agent, logger, step: int, video: bool) -> dict | None:
-    """Greedy episodes in separate workers; returns eval/return and eval/length; logs a video.
+    """Greedy episodes in separate workers; returns eval/return, eval/length and eval/success (the
+    fraction of episodes with a positive return: the success rate of tasks that reward success
+    alone, minigrid Memory and bsuite memory_len); logs a video when the env has an image.
     None when the policy gives a non-finite action (the evaluation stops there)."""
     n = config.env.eval_envs
     envs = make_vector_env(config.task, n, seed=env_seed(config.seed + 10_000, step),
@@ -140,7 +156,7 @@ def evaluate(config, agent, logger, step: int, video: bool) -> dict | None:
         state, prev = agent.initial_policy_state(n), np.zeros((n, act_dim), np.float32)
         ret, length, frames, results = np.zeros(n), np.zeros(n, int), [], []
         quota, done = -(-config.run.eval_episodes // n), np.zeros(n, int)
-        recording = video
+        recording = video and "image" in obs  # a proprioceptive env has nothing to film
         while len(results) < quota * n:
             interrupt.check()  # a long evaluation stops within one env step
             if recording:
@@ -164,16 +180,20 @@ def evaluate(config, agent, logger, step: int, video: bool) -> dict | None:
     finally:
         envs.close()
     return {"return": float(np.mean([r for r, _ in results])),
-            "length": float(np.mean([l for _, l in results]))}
+            "length": float(np.mean([l for _, l in results])),
+            "success": float(np.mean([r > 0 for r, _ in results]))}
 
 
 @torch.no_grad()
 def openloop_video(config, agent, collector, logger, step: int, rows: int = 4) -> None:
     """Rows truth / model / |error| for a few replayed sequences: context frames reconstructed,
-    then imagined from the recorded actions alone."""
+    then imagined from the recorded actions alone. Nothing without an image key."""
+    key = agent.wm.image_key
+    if key is None:
+        return
     batch = collector.replay.sample(min(rows, config.train.batch_size), config.train.seq_len)
     data = {k: torch.as_tensor(v, device=agent.device) for k, v in batch.items()}
     context = min(config.run.openloop_context, config.train.seq_len - 1)
     pred = agent.wm.openloop(data, context)
     model = ((pred + 0.5).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
-    logger.video("openloop", openloop_grid(batch["image"], model), step)
+    logger.video("openloop", openloop_grid(batch[key], model), step)

@@ -144,11 +144,21 @@ def check_values(flat: dict) -> None:
             if not holds(flat[key], flat[other]):
                 raise ConfigError(f"config key '{key}' ({flat[key]!r}) "
                                   + what.format(other=flat[other]))
+    for key in REGEX:
+        try:
+            re.compile(flat.get(key, ""))
+        except re.error as e:
+            raise ConfigError(f"config key '{key}' has {flat[key]!r}, not a regular expression "
+                              f"({e}); e.g. 'image', '.*' (all), '' (none)") from None
     device = flat.get("device", "auto")
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:")
                                                      and device[5:].isdigit())):
         raise ConfigError(f"config key 'device' has unknown value {device!r} "
                           f"(choices: auto, cpu, cuda, cuda:<index>)")
+
+
+# Keys holding regular expressions (matched in full against observation keys, world_models/).
+REGEX = ("wm.cnn_keys", "wm.mlp_keys")
 
 
 class ConfigError(ValueError):

@@ -31,14 +31,21 @@ def ram_bytes() -> int:
 
 def parameter_count(config, act_dim: int = 1) -> int:
     """Weights of the model `config` describes (the agent online, the world model offline),
-    counted without allocating them. act_dim only sizes a few input rows: 1 is close enough."""
-    with torch.device("meta"):
-        if config.mode == "offline":
-            from world_models import build_world_model
-            model = build_world_model(config, act_dim)
-        else:
-            from agent.agent import build_agent
-            model = build_agent(config, act_dim, True, torch.device("meta"))
+    counted without allocating them. act_dim only sizes a few input rows: 1 is close enough.
+    The model is built for one 64x64 image observation; where the config's observation keys
+    (wm.cnn_keys / wm.mlp_keys) pick vectors only, the env's spaces are not known yet: 0 (vector
+    models are small; the env's own check of the keys comes when it is built)."""
+    from common.config import ConfigError
+    try:
+        with torch.device("meta"):
+            if config.mode == "offline":
+                from world_models import build_world_model
+                model = build_world_model(config, act_dim)
+            else:
+                from agent.agent import build_agent
+                model = build_agent(config, act_dim, True, torch.device("meta"))
+    except ConfigError:
+        return 0
     return sum(p.numel() for p in model.parameters())
 
 

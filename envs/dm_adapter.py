@@ -1,6 +1,7 @@
-"""dm_env.Environment -> gymnasium.Env, shared by the dmc and memorymaze families.
+"""dm_env.Environment -> gymnasium.Env, shared by the dmc, memorymaze and bsuite families.
 
-A subclass says how to reseed the dm_env and how to read the image (and may convert actions);
+A subclass says how to reseed the dm_env and how to read the observation (by default one image;
+it may convert actions);
 this class maps dm_env's step types to gymnasium's (terminated, truncated):
     last() and discount == 0  -> terminated (true end, no bootstrap)
     last() and discount  > 0  -> truncated  (dm_env's own time limit)
@@ -15,15 +16,16 @@ from envs.headless import gl_errors
 
 
 class DmEnv(gymnasium.Env):
-    """Observation {'image': uint8 (S, S, 3)}; action space set by the subclass."""
+    """Observation {'image': uint8 (S, S, 3)} unless a subclass replaces `observation_space` and
+    `_obs`; action space set by the subclass."""
 
     metadata = {"render_modes": []}
-    skip_image = False  # see envs.wrappers.ActionRepeat: True = step() may reuse the last image
+    skip_image = False  # envs.wrappers.ActionRepeat: True = step() may reuse the last observation
 
     def __init__(self, env: dm_env.Environment, image_size: int, name: str):
         self._env = env
         self._name = name
-        self._last_image = None
+        self._last_obs = None
         self.observation_space = gymnasium.spaces.Dict(
             {"image": gymnasium.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)}
         )
@@ -36,6 +38,11 @@ class DmEnv(gymnasium.Env):
     def _image(self, time_step: dm_env.TimeStep) -> np.ndarray:
         """The uint8 (S, S, 3) image for this time step."""
         raise NotImplementedError
+
+    def _obs(self, time_step: dm_env.TimeStep) -> dict:
+        """The observation dict for this time step (default: {'image': self._image(time_step)});
+        its arrays must not be reused by later steps."""
+        return {"image": self._image(time_step)}
 
     def _dm_action(self, action):
         return action
@@ -51,8 +58,8 @@ class DmEnv(gymnasium.Env):
             self._reseed(int(seed))
         with gl_errors(self._name):  # the first MuJoCo render happens here
             time_step = self._env.reset()
-            self._last_image = self._image(time_step)
-        return {"image": self._last_image}, self._info(time_step)
+            self._last_obs = self._obs(time_step)
+        return dict(self._last_obs), self._info(time_step)
 
     def step(self, action):
         time_step = self._env.step(self._dm_action(action))
@@ -61,8 +68,8 @@ class DmEnv(gymnasium.Env):
         truncated = bool(last and not terminated)
         reward = float(time_step.reward or 0.0)
         if not self.skip_image or last:
-            self._last_image = self._image(time_step)
-        return {"image": self._last_image}, reward, terminated, truncated, self._info(time_step)
+            self._last_obs = self._obs(time_step)
+        return dict(self._last_obs), reward, terminated, truncated, self._info(time_step)
 
     def close(self):
         self._env.close()

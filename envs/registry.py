@@ -12,7 +12,8 @@ from typing import Callable, NamedTuple
 
 import gymnasium
 
-from envs import distracting_memory, dmc, memorymaze, miniworld, multi_doors_keys, rooms
+from envs import (bsuite, distracting_memory, dmc, memorymaze, minigrid, miniworld,
+                  multi_doors_keys, rooms)
 
 
 class Family(NamedTuple):
@@ -24,7 +25,11 @@ class Family(NamedTuple):
 FAMILIES: dict[str, Family] = {
     "miniworld": Family(miniworld.make, miniworld.names, miniworld.ACTION_REPEAT),
     "dmc": Family(dmc.make, dmc.names, dmc.ACTION_REPEAT),
+    "dmc_proprio": Family(dmc.make_proprio, dmc.names, dmc.ACTION_REPEAT),
     "memorymaze": Family(memorymaze.make, memorymaze.names, memorymaze.ACTION_REPEAT),
+    # Control that needs memory: minigrid_Memory<S> (pixels), bsuite_memory_len_<L> (a vector).
+    "minigrid": Family(minigrid.make, minigrid.names, minigrid.ACTION_REPEAT),
+    "bsuite": Family(bsuite.make, bsuite.names, bsuite.ACTION_REPEAT),
     # The paper's memory benchmarks (Sec. 3): rooms_<two|four|ten>[_teleport] (3D, MiniWorld),
     # distracting_memory_<100|200|400> and multi_doors_keys_<3|5|7> (2D, minigrid).
     "rooms": Family(rooms.make, rooms.names, rooms.ACTION_REPEAT),

@@ -1,7 +1,8 @@
 """Wrappers that give every env family one interface (see `envs.make_env` for the stack order).
 
 Observation contract after `EpisodeFlags` (the outermost wrapper):
-    image        uint8 (H, W, 3)
+    image        uint8 (H, W, 3)   (every family but the vector ones, dmc_proprio and bsuite)
+    <vector>     float32 (n,)      (dmc, dmc_proprio: the task's proprioception; bsuite)
     is_first     bool ()   True only on the observation returned by reset()
     is_last      bool ()   True on the last observation of an episode (terminated or truncated)
     is_terminal  bool ()   True only when the episode ended by termination (no bootstrap)
@@ -76,8 +77,8 @@ class EpisodeFlags(gymnasium.Wrapper):
     def __init__(self, env: gymnasium.Env):
         super().__init__(env)
         inner = env.observation_space
-        if not isinstance(inner, gymnasium.spaces.Dict) or "image" not in inner.spaces:
-            raise TypeError(f"EpisodeFlags needs a Dict observation with an 'image' key, got {inner}")
+        if not isinstance(inner, gymnasium.spaces.Dict):
+            raise TypeError(f"EpisodeFlags needs a Dict observation, got {inner}")
         flag = gymnasium.spaces.Box(low=0, high=1, shape=(), dtype=bool)
         self.observation_space = gymnasium.spaces.Dict({**inner.spaces, **{k: flag for k in FLAG_KEYS}})
 

@@ -59,3 +59,65 @@ def test_learning_benchmark_plots_existing_runs(tmp_path):
     saved = json.loads((tmp_path / "learning.json").read_text())
     assert saved["curves"]["rssm (seed 0)"] == [[1000, 2000], [120.0, 480.5]]
     assert 0 < saved["random_return"] < 1000 and (tmp_path / "learning.png").stat().st_size > 0
+
+
+def fake_run(logdir, rows):
+    logdir.mkdir(parents=True)
+    (logdir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_control_study_summarises_seeds_and_skips_finished_runs(tmp_path, capsys):
+    """A study whose runs are all finished (last logged step >= --steps) runs nothing, and its
+    table holds the mean +- standard error over seeds, the random policy and the anchor
+    interpolated at the last evaluation (hand-computed)."""
+    from bench import learning
+    task = "dmc_proprio_cartpole_balance"
+    for seed, final in (("0", 100.0), ("1", 200.0), ("2", 300.0)):
+        fake_run(tmp_path / "runs" / task / f"rssm_seed{seed}",
+                 [{"step": 1000, "eval/return": 50.0}, {"step": 2000, "eval/return": final}])
+    anchor = tmp_path / "anchor.json"
+    anchor.write_text(json.dumps({task: {"source": "paper", "steps": [0, 4000],
+                                         "return": [0.0, 1000.0]}}))
+    learning.main(["--study", "proprio", "--tasks", task, "--backbones", "rssm", "--steps", "2000",
+                   "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+                   "--random_episodes", "1", "--anchor", str(anchor)])
+    assert "3 runs, 3 finished, 0 to run" in capsys.readouterr().out
+    table = (tmp_path / "res" / "results.md").read_text()
+    # mean 200, s.e. = std([100, 200, 300], ddof=1) / sqrt(3) = 100 / sqrt(3) = 57.7
+    assert f"| {task} | rssm | 3 | 2000 | 200 +- 58 |" in table, table
+    assert "| 500 (paper) |" in table  # the anchor's 0 -> 1000 over 4000 steps, at step 2000
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert saved["summary"][task]["rssm"]["runs"]["1"]["return"] == [50.0, 200.0]
+    assert 0 < saved["random"][task]["return"] < 1000
+    assert (tmp_path / "res" / f"{task}.png").stat().st_size > 0
+
+
+def test_memory_study_plots_success_against_steps_to_remember(tmp_path):
+    from bench import learning
+    for task, rates in (("bsuite_memory_len_5", (0.6, 0.8)), ("bsuite_memory_len_10", (0.5, 0.5))):
+        for seed, rate in zip("01", rates):
+            fake_run(tmp_path / "runs" / task / f"s5wm_seed{seed}",
+                     [{"step": 500, "eval/return": 2 * rate - 1, "eval/success": rate}])
+    learning.main(["--study", "bsuite_memory", "--no-run", "--tasks",
+                   "bsuite_memory_len_5,bsuite_memory_len_10", "--backbones", "s5wm",
+                   "--seeds", "0,1", "--out", str(tmp_path / "runs"),
+                   "--results", str(tmp_path / "res"), "--random_episodes", "20"])
+    table = (tmp_path / "res" / "results.md").read_text()
+    # success mean 0.7, s.e. = std([0.6, 0.8], ddof=1) / sqrt(2) = 0.1
+    assert "| bsuite_memory_len_5 | 5 | s5wm | 2 | 500 | 0.7 +- 0.1 | 0.4 +- 0.2 |" in table, table
+    assert "| bsuite_memory_len_10 | 10 | s5wm | 2 | 500 | 0.5 +- 0 |" in table, table
+    assert "Chance: success 0.5" in table
+    saved = json.loads((tmp_path / "res" / "results.json").read_text())
+    assert 0.2 < saved["random"]["bsuite_memory_len_5"]["success"] < 0.8  # a guess
+    assert all((tmp_path / "res" / f).stat().st_size > 0 for f in ("success.png", "curves.png"))
+
+
+def test_study_errors_are_one_line(capsys):
+    import pytest
+    from bench import learning
+    with pytest.raises(SystemExit) as e:
+        learning.main(["--study", "proprioo"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    choices = "proprio, minigrid_memory, bsuite_memory"
+    assert err == f"error: unknown study 'proprioo' (choices: {choices})"

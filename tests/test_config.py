@@ -61,7 +61,9 @@ def test_block_with_unknown_key_is_rejected():
 
 def test_project_configs_are_consistent():
     blocks = load_blocks()
-    for name in ["miniworld", "dmc", "memorymaze", "s4wm", "s5wm", "rssm", "tssm", "debug", "cpu"]:
+    for name in ["miniworld", "dmc", "memorymaze", "dmc_proprio", "minigrid", "bsuite", "s4wm",
+                 "s5wm", "rssm", "tssm", "debug", "cpu", "vector_cpu",
+                 "memory_control"]:
         merge(blocks, [name])  # every block only uses keys of the schema, with the right types
     assert merge(blocks, ["dmc", "rssm"]).backbone == "rssm"
 
@@ -85,6 +87,10 @@ def test_every_default_key_has_a_comment():
     (["--configs", "debug", "--ac.start_stride", "32"], "must be <= train.seq_len (16)"),
     (["--device", "cuda:x"], "choices: auto, cpu, cuda, cuda:<index>"),
     (["--configs", "debug", "--env.envs", "8", "--logdir", "{tmp}"], "train.prefill (100) must be"),
+    (["--wm.mlp_keys", "(pos"], "'wm.mlp_keys' has '(pos', not a regular expression"),
+    (["--configs", "debug", "dmc_proprio", "--wm.mlp_keys", "pos", "--logdir", "{tmp}"],
+     "match no image (H, W, C) uint8 or vector (n,) float observation of task "
+     "dmc_proprio_cartpole_balance (observations: position (3,), velocity (2,))"),
 ])
 def test_cli_errors_exit_2_with_one_line(args, needle, tmp_path):
     args = [a.replace("{tmp}", str(tmp_path / "run")) for a in args]

@@ -62,6 +62,21 @@ def test_image_loss_sums_squared_error_over_pixels():
     assert losses.image_loss(pred, image_to_unit(image)).item() == pytest.approx(12 * 0.25)
 
 
+def test_vector_loss_is_symlog_squared_error_summed_over_dims():
+    e = math.e
+    # targets symlog to [1, 0, -2] and [ln 11, 0, 0]; predictions live in symlog space
+    target = torch.tensor([[[e - 1, 0.0, -(e ** 2 - 1)], [10.0, 0.0, 0.0]]])  # (B=1, T=2, N=3)
+    pred = torch.tensor([[[0.5, 1.0, -2.0], [0.0, 0.0, 0.0]]])
+    loss = losses.vector_loss(pred, target)
+    assert loss.shape == (1, 2)
+    torch.testing.assert_close(loss, torch.tensor([[0.25 + 1.0 + 0.0, math.log(11) ** 2]]))
+    # a perfect prediction of a large value costs nothing (a plain MSE on symexp would not be 0
+    # for a prediction off by one symlog unit: symlog keeps large targets on a unit scale)
+    big = torch.tensor([[[1000.0]]])
+    assert losses.vector_loss(symlog(big), big).item() == pytest.approx(0.0, abs=1e-8)
+    assert losses.vector_loss(symlog(big) + 1, big).item() == pytest.approx(1.0)
+
+
 def test_combine_requires_a_scale_per_term():
     terms = {"a": torch.ones(2, 3), "b": torch.full((2, 3), 2.0)}
     loss, metrics = losses.combine(terms, {"a": 1.0, "b": 0.5})

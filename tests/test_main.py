@@ -134,3 +134,42 @@ def test_carry_state_run_with_two_workers(tmp_path):
     assert rows[-1]["step"] == 200 and any("train/loss/image" in r for r in rows)
     from replay import Replay
     assert len(Replay(str(logdir / "replay"), 10_000, readonly=True)) >= 200
+
+
+def replay_arrays(logdir):
+    """The first saved replay chunk: {key: (L, ...)}."""
+    path = sorted((logdir / "replay").glob("*.npz"))[0]
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_debug_run_on_vectors_alone(tmp_path):
+    """dm-control from proprioception: the vectors are stored (float32) and learned from, nothing is
+    rendered or filmed, and evaluation runs."""
+    logdir = tmp_path / "run"
+    run("--configs", "debug", "dmc_proprio", "s4wm", "--logdir", str(logdir), "--steps", "150")
+    rows = [json.loads(l) for l in (logdir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    assert {"train/loss/vector", "train/loss/actor", "eval/return", "eval/success"} <= keys, keys
+    assert "train/loss/image" not in keys
+    assert all(np.isfinite(v) for r in rows for v in r.values())
+    assert not list(logdir.glob("videos/*.mp4"))
+    data = replay_arrays(logdir)
+    assert set(data) == {"position", "velocity", "action", "reward", "is_first", "is_last",
+                         "is_terminal"}
+    assert data["position"].dtype == np.float32 and data["position"].shape[1:] == (3,)
+    assert data["velocity"].std() > 0
+
+
+def test_debug_run_on_image_and_vectors(tmp_path):
+    logdir = tmp_path / "run"
+    run("--configs", "debug", "dmc", "rssm", "--task", "dmc_cartpole_balance",
+        "--env.fast_render", "true", "--wm.mlp_keys", ".*", "--logdir", str(logdir),
+        "--steps", "110", "--run.eval_every", "110", "--run.video_every", "110")
+    rows = (logdir / "metrics.jsonl").read_text().splitlines()
+    keys = set().union(*[json.loads(l) for l in rows])
+    assert {"train/loss/image", "train/loss/vector", "eval/return"} <= keys, keys
+    data = replay_arrays(logdir)
+    assert {"image", "position", "velocity"} <= set(data) and data["image"].dtype == np.uint8
+    videos = {p.name.split("_0")[0] for p in (logdir / "videos").glob("*.mp4")}
+    assert videos == {"eval_policy", "openloop"}

@@ -18,7 +18,8 @@ from torch.profiler import record_function
 from common.dists import LatentSpace, TwoHot, twohot_bins
 from world_models import losses
 from world_models.core import SequenceCore
-from world_models.nets import MLP, ConvDecoder, ConvEncoder, image_to_unit
+from world_models.nets import (MLP, ConvDecoder, ConvEncoder, VectorDecoder, VectorEncoder,
+                               concat_vectors, image_to_unit)
 
 
 class WorldModel(nn.Module):
@@ -27,14 +28,27 @@ class WorldModel(nn.Module):
 
     def __init__(self, *, act_dim: int, latent: LatentSpace, d_model: int, units: int, layers: int,
                  cnn_depth: int, reward_bins: int, scales: dict, image_size: int = 64,
-                 channels: int = 3):
+                 channels: int = 3, image_key: str | None = "image",
+                 vectors: dict[str, int] | None = None):
+        """image_key: the observation the CNN encodes and decodes (None: no image); vectors:
+        {key: size} of the vector observations the MLPs encode and decode ({} or None: none)."""
         super().__init__()
+        vectors = dict(vectors or {})
+        if image_key is None and not vectors:
+            raise ValueError("a world model needs an image key or at least one vector key")
         self.act_dim, self.latent, self.d_model = act_dim, latent, d_model
+        self.image_key, self.vector_keys = image_key, tuple(vectors)
         self.scales = {k: float(v) for k, v in scales.items() if k != "free_nats"}
         self.free_nats = float(scales.get("free_nats", 0.0))
         self.feat_size = d_model + latent.size
-        self.encoder = ConvEncoder(image_size, channels, cnn_depth)
-        self.decoder = ConvDecoder(self.feat_size, image_size, channels, cnn_depth)
+        self.encoder = self.decoder = self.vector_encoder = self.vector_decoder = None
+        if image_key is not None:
+            self.encoder = ConvEncoder(image_size, channels, cnn_depth)
+            self.decoder = ConvDecoder(self.feat_size, image_size, channels, cnn_depth)
+        if vectors:
+            self.vector_encoder = VectorEncoder(vectors, units, layers)
+            self.vector_decoder = VectorDecoder(self.feat_size, vectors, units, layers)
+        self.embed_size = sum(m.out_size for m in (self.encoder, self.vector_encoder) if m)
         self.reward_head = MLP(self.feat_size, units, layers, reward_bins)
         self.cont_head = MLP(self.feat_size, units, layers, 1)
         # DreamerV3: zero-initialised reward output so early predictions are exactly 0.
@@ -80,6 +94,27 @@ class WorldModel(nn.Module):
     def device(self):
         return self.bins.device
 
+    @property
+    def obs_keys(self) -> tuple[str, ...]:
+        """The observation keys the model reads: its image key (if any), then its vector keys."""
+        return ((self.image_key,) if self.image_key else ()) + self.vector_keys
+
+    def embed(self, data: dict) -> torch.Tensor:
+        """Observations {key: (B, T, ...)} (uint8 image, float vectors; other keys are ignored)
+        -> (B, T, E): the CNN embedding of the image and the MLP embedding of the vectors."""
+        return self._embed(data)[0]
+
+    def _embed(self, data: dict):
+        """(embedding (B, T, E), image in [-0.5, 0.5] units (B, T, H, W, C) or None): the image is
+        converted once, for the encoder and as the decoder's target."""
+        parts, image = [], None
+        if self.encoder is not None:
+            image = image_to_unit(data[self.image_key])  # (B, T, H, W, C) float
+            parts.append(self.encoder.embed(image))  # (B, T, E_cnn)
+        if self.vector_encoder is not None:
+            parts.append(self.vector_encoder(data))  # (B, T, units)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, -1)), image  # (B, T, E)
+
     @staticmethod
     def feat(x: dict) -> torch.Tensor:
         """[h, z] of a state (B, F) or of an observe output (B, T, F)."""
@@ -96,8 +131,7 @@ class WorldModel(nn.Module):
 
         Returns (loss scalar, metrics dict, out, new_state, starts)."""
         with record_function("wm/encode"):
-            image = image_to_unit(data["image"])  # (B, T, H, W, C) float: encoder input, target
-            embed = self.encoder.embed(image)  # (B, T, E)
+            embed, image = self._embed(data)  # (B, T, E); image (B, T, H, W, C) float or None
         with record_function("wm/observe"):
             out, new_state, starts = self.observe(embed, data["action"], data["is_first"], state,
                                                   positions)
@@ -105,14 +139,19 @@ class WorldModel(nn.Module):
             feat = self.feat(out)  # (B, T, F)
             dyn, rep, kl = losses.kl_balance(self.latent, out["post"], out["prior"],
                                              self.free_nats)
-            terms = {
-                "image": losses.image_loss(self.decoder(feat), image),
+            terms = {}
+            if image is not None:
+                terms["image"] = losses.image_loss(self.decoder(feat), image)
+            if self.vector_decoder is not None:
+                target = concat_vectors(data, self.vector_keys)  # (B, T, N) observation units
+                terms["vector"] = losses.vector_loss(self.vector_decoder(feat), target)
+            terms.update({
                 "reward": losses.reward_loss(self.reward_head(feat), data["reward"], self.bins),
                 "cont": losses.cont_loss(self.cont_head(feat).squeeze(-1),
                                          1.0 - data["is_terminal"].float()),
                 "dyn": dyn,
                 "rep": rep,
-            }
+            })
             loss, metrics = losses.combine(terms, self.scales)
             metrics["kl"] = kl.mean()
             with torch.no_grad():  # metrics only: no graph (1.5x cheaper than one to detach)
@@ -142,15 +181,18 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def openloop(self, data: dict, context: int) -> torch.Tensor:
-        """Observe `context` frames, then imagine the rest from the recorded actions.
-        Returns predicted images (B, T, H, W, C) in [-0.5, 0.5] units: reconstructions for the
-        context, open-loop predictions (prior means of the decoder) after it."""
-        B = data["image"].shape[0]
-        embed = self.encoder(data["image"][:, :context])
+        """Observe `context` steps (every observation key the model reads), then imagine the rest
+        from the recorded actions. Needs an image key. Returns predicted images (B, T, H, W, C) in
+        [-0.5, 0.5] units: reconstructions for the context, open-loop predictions (prior means of
+        the decoder) after it."""
+        if self.decoder is None:
+            raise ValueError("openloop predicts images: this world model has no image key")
+        B, T = data["is_first"].shape
+        embed = self.embed({k: data[k][:, :context] for k in self.obs_keys})  # (B, context, E)
         out, state, _ = self.observe(embed, data["action"][:, :context],
                                      data["is_first"][:, :context], self.initial_state(B))
         recon = self.decoder(self.feat(out))
-        imag = self.imagine(state, data["action"][:, context:], data["image"].shape[1] - context)
+        imag = self.imagine(state, data["action"][:, context:], T - context)
         return torch.cat([recon, self.decoder(imag["feat"][:, 1:])], 1)
 
 
@@ -163,7 +205,7 @@ class LatentSSMWorldModel(WorldModel):
         super().__init__(**kw)
         lat, units = self.latent, kw["units"]
         self.core = core
-        self.post_net = MLP(self.encoder.out_size, units, 1, lat.stats_size)
+        self.post_net = MLP(self.embed_size, units, 1, lat.stats_size)
         self.in_net = MLP(lat.size + self.act_dim, units, 1, self.d_model)
         self.prior_net = MLP(self.d_model, units, 1, lat.stats_size)
 

@@ -1,11 +1,12 @@
 """World-model loss terms as pure functions. Each returns a (B, T) tensor named like its scale in the
-`loss` config section (image, reward, cont, dyn, rep); `combine` applies the scales in one place."""
+`loss` config section (image, vector, reward, cont, dyn, rep); `combine` applies the scales in one
+place."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from common.dists import LatentSpace, TwoHot
+from common.dists import LatentSpace, TwoHot, symlog
 
 
 def image_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -13,6 +14,12 @@ def image_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     pred, target (B, T, H, W, C) in [-0.5, 0.5] units (target = nets.image_to_unit(uint8 image))
     -> (B, T). One fused kernel each way (mse_loss): the images are the update's largest tensors."""
     return F.mse_loss(pred, target, reduction="none").sum((-3, -2, -1))
+
+
+def vector_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Symlog squared error (DreamerV3's vector decoder): pred (B, T, N) in symlog space, target
+    (B, T, N) in observation units -> sum over N of (pred - symlog(target))^2, (B, T)."""
+    return (pred - symlog(target)).square().sum(-1)
 
 
 def reward_loss(logits: torch.Tensor, reward: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:

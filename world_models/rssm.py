@@ -43,7 +43,7 @@ class RSSM(WorldModel):
         self.prior_net = MLP(D, units, 1, lat.stats_size)
         # The posterior's first layer on [h, e] is split so the embedding part runs once per chunk.
         self.post_h = nn.Linear(D, units, bias=False)
-        self.post_e = nn.Linear(self.encoder.out_size, units, bias=False)
+        self.post_e = nn.Linear(self.embed_size, units, bias=False)
         self.post_out = nn.Sequential(nn.LayerNorm(units), nn.SiLU(), nn.Linear(units, lat.stats_size))
 
     def initial_state(self, batch_size: int) -> dict:
