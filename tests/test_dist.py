@@ -45,6 +45,8 @@ def _without_sampling_noise():
     latents and the actor's actions) by deterministic per-row functions."""
     import common.dists
     common.dists.sample_onehot = _median_onehot
+    import agent.actor_critic  # it samples actions with its own binding of sample_onehot
+    agent.actor_critic.sample_onehot = _median_onehot
     torch.distributions.OneHotCategorical.sample = _argmax_sample
 
 
@@ -100,6 +102,8 @@ def test_two_ranks_train_like_one_process_on_the_whole_batch(tmp_path, monkeypat
     assert ranks[0]["shard"] == [0, 1, 2, 3, 4] and ranks[1]["shard"] == [5, 6, 7, 8, 9]
     import common.dists
     monkeypatch.setattr(common.dists, "sample_onehot", _median_onehot)
+    import agent.actor_critic
+    monkeypatch.setattr(agent.actor_critic, "sample_onehot", _median_onehot)
     monkeypatch.setattr(torch.distributions.OneHotCategorical, "sample", _argmax_sample)
     for backbone in BACKBONES:
         params, carried = _train(backbone)
