@@ -49,14 +49,7 @@ def test_shapes_and_gradients_reach_every_parameter(backbone):
     assert out["post"].shape == out["prior"].shape == (B, T, wm.latent.stats_size)
     assert state["h"].shape == (B, D) and starts["h"].shape == (B * len(positions), D)
     assert set(metrics) >= {"loss/image", "loss/reward", "loss/cont", "loss/dyn", "loss/rep"}
-    loss.backward()
-    dead = [n for n, p in wm.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    # the reward head's zero-initialised output layer passes no gradient to the layers below it
-    # on the first step; everything else must receive gradient
-    dead = [n for n in dead if not n.startswith("reward_head.net.") or n.endswith("net.3.weight")]
-    assert not dead, dead
-    im = wm.imagine(starts, lambda f: torch.zeros(f.shape[0], 3), horizon=4)
-    assert im["feat"].shape == (B * len(positions), 5, wm.feat_size)
+    _every_parameter_learns_and_imagines(wm, loss, starts)
 
 
 @pytest.mark.parametrize("backbone", BACKBONE_NAMES)
@@ -234,12 +227,7 @@ def test_vector_observations_alone_shapes_and_gradients(backbone):
     assert "loss/vector" in metrics and "loss/image" not in metrics
     pred = wm.vector_decoder.split(wm.vector_decoder(wm.feat(out)))
     assert pred["position"].shape == (B, T, 3) and pred["velocity"].shape == (B, T, 2)
-    loss.backward()
-    dead = [n for n, p in wm.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    dead = [n for n in dead if not n.startswith("reward_head.net.") or n.endswith("net.3.weight")]
-    assert not dead, dead
-    im = wm.imagine(starts, lambda f: torch.zeros(f.shape[0], 3), horizon=4)
-    assert im["feat"].shape == (B * len(positions), 5, wm.feat_size)
+    _every_parameter_learns_and_imagines(wm, loss, starts)
 
 
 def test_image_and_vectors_are_both_encoded_and_decoded():
@@ -314,3 +302,15 @@ def test_observation_key_errors_are_one_line():
         observation_keys(config, two)
     with pytest.raises(ConfigError, match="'wm.mlp_keys' has '\\[', not a regular expression"):
         merge(load_blocks(), ["debug"], {"wm.mlp_keys": "["})
+
+
+def _every_parameter_learns_and_imagines(wm, loss, starts):
+    """Every parameter gets gradient from `loss` (the reward head's zero-initialised output layer
+    passes none to the layers below it on the first step), and a rollout from `starts` works."""
+    loss.backward()
+    dead = [n for n, p in wm.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    dead = [n for n in dead if not n.startswith("reward_head.net.") or n.endswith("net.3.weight")]
+    assert not dead, dead
+    N = starts["h"].shape[0]
+    im = wm.imagine(starts, lambda f: torch.zeros(f.shape[0], 3), horizon=4)
+    assert im["feat"].shape == (N, 5, wm.feat_size)
