@@ -130,16 +130,6 @@ class Spec:
         """The env family of the dataset's task (envs/registry.py)."""
         return "memorymaze" if self.env == "memory_maze" else self.env
 
-    @property
-    def task(self) -> str:
-        """The task the dataset's episodes come from, e.g. 'rooms_four_teleport' (registered for
-        the paper's sizes only: 'distracting_memory_30' is not a task)."""
-        if self.env == "rooms":
-            return f"rooms_{ROOM_WORDS[self.rooms]}" + ("_teleport" if self.teleport else "")
-        if self.env == "memory_maze":
-            return f"memorymaze_{self.maze}"
-        return f"{self.env}_{self.width if self.env == 'distracting_memory' else self.keys}"
-
     def build(self):
         """The env (wrapped: {'image'} observations, OneHot actions)."""
         if self.env == "rooms":

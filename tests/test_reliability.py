@@ -106,8 +106,10 @@ def test_configs_given_twice_merge_in_order_and_offline_needs_a_memory_task(caps
     with pytest.raises(SystemExit) as e:
         main.offline_name(parse(["--configs", "debug", "miniworld", "--mode", "offline"]))
     assert e.value.code == 2
-    one_line(capsys, "not on task miniworld_FourRooms")
+    one_line(capsys, "(four_rooms, a rooms dataset), not on task miniworld_FourRooms")
     assert main.offline_name(parse(["--configs", "four_rooms_teleport"])).endswith("teleport")
+    wider = parse(["--configs", "distracting_memory", "--memory.width", "200"])
+    assert main.offline_name(wider) == "offline_distracting_memory_200"  # the family decides
 
 
 # ---- 4: every file read or written gives one line, exit 2, and loses nothing --------------------
