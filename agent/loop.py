@@ -62,9 +62,12 @@ class Collector:
         space = self.envs.single_action_space
         self.discrete, self.act_dim = isinstance(space, OneHot), int(space.shape[0])
         self.low, self.high = (0.0, 1.0) if self.discrete else (-1.0, 1.0)
-        image = self.envs.single_observation_space["image"]
-        spec = {"image": (image.shape, np.uint8), "action": ((self.act_dim,), np.float32),
-                "reward": ((), np.float32), **{k: ((), bool) for k in FLAGS}}
+        # what _store writes: the model's observation keys, the action, reward and flags
+        spec = {k: (tuple(self.spaces[k][0]), np.float32) for k in self.vector_keys}
+        if self.image_key:
+            spec[self.image_key] = (tuple(self.spaces[self.image_key][0]), np.uint8)
+        spec.update({"action": ((self.act_dim,), np.float32), "reward": ((), np.float32),
+                     **{k: ((), bool) for k in FLAGS}})
         # a chunk on disk with other keys or shapes (another run's) stops the run in one line
         self.replay = Replay(str(replay_dir(logdir, rank)), config.replay.capacity,
                              chunk_len=config.replay.chunk, seed=seed, spec=spec)

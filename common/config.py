@@ -70,7 +70,7 @@ BOUNDS = {
     "run.checkpoint_every": "[0, inf)", "run.nan_patience": "[1, inf)",  # every: 0 disables
     "memory.width": "[1, inf)", "memory.keys": "[1, 8]",  # 8 key colours
     "memory.context": "[1, inf)", "memory.query": "[1, inf)", "memory.noise": "[0, 1]",
-    "memory.episodes": "[2, inf)", "memory.workers": "[1, inf)",
+    "memory.episodes": "[1, inf)", "memory.workers": "[1, inf)",
     "offline.updates": "[0, inf)", "offline.window": "[0, inf)", "offline.chunk": "[0, inf)",
     "offline.plateau": "[0, 1)",  # a fraction of the loss
     "offline.test_episodes": "[1, inf)",
@@ -91,9 +91,6 @@ RELATIONS = [
     ("s5.dt_min", "s5.dt_max", lambda lo, hi: lo <= hi, "must be <= s5.dt_max ({other})", None),
     ("wm.weight_decay", "wm.lr", lambda wd, lr: lr * wd < 1,
      "must be < 1 / wm.lr ({other}): AdamW multiplies each weight by 1 - lr x weight_decay", None),
-    ("offline.test_episodes", "memory.episodes", lambda t, n: t < n,
-     "must be < memory.episodes ({other}): some episodes must be left to train on",
-     lambda f: f.get("mode") == "offline"),
     ("offline.query_observe", "memory.query", lambda o, q: o < q,
      "must be < memory.query ({other}): some query frames must be left to imagine",
      lambda f: f.get("mode") == "offline" and f.get("memory.env") != "distracting_memory"),

@@ -167,6 +167,9 @@ def run(config, name: str, device) -> None:
     """The offline loop (module docstring); `name` is the default run name."""
     main_rank = dist.is_main()
     o, B = config.offline, config.train.batch_size
+    if o.test_episodes >= config.memory.episodes:  # training only: collection alone may take fewer
+        fail(f"config key 'offline.test_episodes' ({o.test_episodes}) must be < memory.episodes "
+             f"({config.memory.episodes}): some episodes must be left to train on")
     if config.memory.env == "memory_maze" and o.probe_episodes < 1:
         fail("memory maze evaluation fits its probes on training episodes: offline.probe_episodes "
              f"must be >= 1, got {o.probe_episodes}")

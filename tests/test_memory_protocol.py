@@ -160,7 +160,7 @@ def test_offline_run_stops_at_a_plateau_and_a_rerun_adds_nothing(tmp_path):
            "--memory.out", str(tmp_path / "data"), "--logdir", str(tmp_path / "run"),
            "--memory.context", "8", "--memory.query", "8", "--memory.episodes", "4",
            "--offline.test_episodes", "1", "--offline.eval_every", "2", "--offline.updates", "40",
-           "--offline.plateau", "10"]  # any loss change is < 1000%: stops at the second evaluation
+           "--offline.plateau", "0.999"]  # any change short of 99.9%: stops at the 2nd evaluation
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
@@ -182,3 +182,17 @@ def test_perception_gate_and_standard_errors_in_the_report_table():
     row = [line for line in report.table(results) if line.startswith("| s4wm")][0]
     assert "70.0% ± 10.0%" in row  # mean 0.7, standard error 0.1414 / sqrt(2) = 0.1
     assert report.perception_gate({"rssm": [{"summary": {"gen_mse": 0.1}}]}) == []
+
+
+def test_more_test_episodes_than_the_dataset_stops_before_collecting(tmp_path):
+    """Checked when training starts (memory.collect alone may make fewer episodes than that)."""
+    import subprocess
+    import sys
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "main.py", "--configs", "two_rooms", "debug", "s4wm",
+                          "--offline.test_episodes", "1000", "--logdir", str(tmp_path / "run"),
+                          "--memory.out", str(tmp_path / "data")],
+                         cwd=root, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and not (tmp_path / "data").exists()
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'offline.test_episodes' (1000) must be < memory.episodes" in lines[0]
