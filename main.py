@@ -28,6 +28,7 @@ from agent.loop import Collector, evaluate, openloop_video
 from common import checkpoint, dist, interrupt
 from common.cli import fail, parse, prepare_logdir, storage_failure
 from common.config import ConfigError
+from common.console import Progress, online_header
 from common.health import Diverged, Health, close_all, may_save
 from common.logger import Logger
 from common.resources import check_memory
@@ -139,7 +140,7 @@ def run(config, device) -> None:
         fail(str(e))
     agent = build_agent(config, collector.act_dim, collector.discrete, device, collector.spaces)
     logger = Logger(logdir, enabled=main_rank, resume_step=step)
-    updates, ratio_done, pretrain = 0, 0, config.train.pretrain
+    updates, ratio_done, pretrain, start = 0, 0, config.train.pretrain, "a new run"
     if ckpt is not None:
         try:
             agent.restore(ckpt["agent"])
@@ -152,8 +153,10 @@ def run(config, device) -> None:
                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
                  f"away to start afresh")
         pretrain = 0
-        print(f"{f'rank {dist.rank()}: ' if ranks > 1 else ''}resuming {logdir} at step {step} "
-              f"({updates} updates, {len(collector.replay)} steps in replay)")
+        start = (f"{f'rank {dist.rank()}: ' if ranks > 1 else ''}resuming {logdir} at step {step} "
+                 f"({updates} updates, {len(collector.replay)} steps in replay)")
+        if not main_rank:
+            print(start)  # rank 0 says it in the header
     if not main_rank:
         checkpoint.seed_everything(seed)  # this rank's own sampling noise from here on
     dist.broadcast_module(agent)  # rank 0's weights everywhere (and a barrier before any save)
@@ -174,7 +177,10 @@ def run(config, device) -> None:
     prefill, ready, error = config.train.prefill, False, None
     health = Health(config.run.nan_patience, logdir)  # when the weights may be saved
     carried, timer = None, {"t": time.time(), "step": step, "updates": updates}
-    progress = collector.progress(step) if config.run.progress and main_rank else None
+    if main_rank:
+        print(online_header(config, agent, device, logdir, start, ratio.per_step), flush=True)
+    progress = Progress(config.steps, step, unit="step", updates_per_unit=ratio.per_step,
+                        eval_every=config.run.eval_every, enabled=config.run.progress and main_rank)
     try:
         while step < config.steps:
             interrupt.check()
@@ -184,8 +190,7 @@ def run(config, device) -> None:
             step += steps * ranks
             if not acted:  # a non-finite policy counts as a bad update
                 health.fault(step, "non-finite policy", "random actions instead")
-            if progress is not None:
-                progress.update(collector.num_envs * ranks)
+            progress.lap("env", collector.num_envs * ranks)
 
             # 2. update world model + actor-critic, train_ratio replayed steps per env step
             # (every rank must hold a batch, else a rank would wait alone in the update)
@@ -205,9 +210,11 @@ def run(config, device) -> None:
                     carried = carried if config.train.carry_state else None
                     updates += 1
                     logger.scalars(metrics, "train/")
+                progress.lap("update", due)
 
             # 3. evaluate with the greedy policy; open-loop predictions of the world model
             if step >= prefill and should_eval(step) and main_rank:
+                progress.show(step, updates, "evaluation")
                 scores = evaluate(config, agent, logger, step, should_video(step))
                 if scores is None:
                     health.fault(step, "non-finite policy", "evaluation skipped")
@@ -215,6 +222,7 @@ def run(config, device) -> None:
                     logger.scalars(scores, "eval/")
                 if len(collector.replay) >= T:
                     openloop_video(config, agent, collector, logger, step)
+                progress.lap("eval")
 
             # 4. log and checkpoint
             if should_log(step):
@@ -225,11 +233,11 @@ def run(config, device) -> None:
                 logger.scalar("replay/size", len(collector.replay))
                 means = logger.write(step)
                 timer = {"t": now, "step": step, "updates": updates}
-                if progress is not None:
-                    progress.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in means.items()
-                                          if k in ("episode/return", "fps/env")})
+                if "episode/return" in means:
+                    progress.notes["return"] = f"{means['episode/return']:.3g}"
             if should_save(step) and health.saveable:  # never a bad one over a good one
                 save()
+            progress.show(step, updates, "prefill" if step < prefill else "training")
     except KeyboardInterrupt:  # a stop, not a failure: save, and report a failing save
         print(f"interrupted at step {step}: saving a checkpoint", file=sys.stderr)
         raise
@@ -241,7 +249,7 @@ def run(config, device) -> None:
         # from a completed, good update (common/health.py)
         close_all([collector.replay.flush, save if may_save(health, error) else None,
                    collector.close, lambda: logger.write(step), logger.close,
-                   progress.close if progress is not None else None], error)
+                   progress.close], error)
 
 
 if __name__ == "__main__":

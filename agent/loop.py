@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common import interrupt
 from common.logger import openloop_grid
@@ -80,9 +79,6 @@ class Collector:
         self.ret = np.zeros(self.num_envs)
         self.length = np.zeros(self.num_envs, np.int64)
         self._store(self.obs, self.prev_action, np.zeros(self.num_envs))
-
-    def progress(self, step: int):
-        return tqdm(total=self.config.steps, initial=step, unit="step", dynamic_ncols=True)
 
     def step(self, agent, random_policy: bool, logger) -> tuple[int, bool]:
         """Act once in every worker and store the outcome. Returns (env steps taken, whether the

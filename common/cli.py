@@ -7,8 +7,8 @@ import os
 import pathlib
 import sys
 
-from common.config import (ConfigError, check_resume, load_blocks, merge, parse_overrides,
-                           read_saved)
+from common.config import (SIZE_BLOCKS, ConfigError, check_resume, load_blocks, merge,
+                           parse_overrides, read_saved)
 
 # OSErrors that say the disk or the folder cannot take what we write: the user's to fix (one line),
 # not a bug (a traceback).
@@ -61,17 +61,23 @@ def parse(argv: list[str], prog: str = "main.py",
     except ConfigError as e:
         fail(str(e))
     names = [b for b in blocks if b != "defaults"]
+    sizes = [b for b in SIZE_BLOCKS if b in blocks]
     parser = _Parser(
         prog=prog, description=description, allow_abbrev=False,
         epilog="config blocks (merged left to right over 'defaults'): " + ", ".join(names)
-        + ". Any key of configs.yaml can be overridden: --key value or --section.key value "
+        + ". Sizes follow the device: with no size block (" + ", ".join(sizes) + ") in --configs, "
+        "a CPU gets 'cpu' ('memory_cpu' for offline memory runs) and CUDA the defaults "
+        "(DreamerV3-S); a size block named anywhere in --configs, or --size <block>|default, "
+        "chooses instead. Size blocks merge after the others. Any key of configs.yaml can be "
+        "overridden and wins over every block: --key value or --section.key value "
         "(e.g. --steps 10000 --wm.d_model 256).")
     parser.add_argument("--configs", nargs="+", default=[], metavar="BLOCK", action="extend",
                         help="config blocks to merge, e.g. --configs miniworld s4wm (given twice: "
                         "all blocks, in order)")
     args, rest = parser.parse_known_args(argv)
+    import torch  # sizes follow the device: is there CUDA for device 'auto'?
     try:
-        return merge(blocks, args.configs, parse_overrides(rest))
+        return merge(blocks, args.configs, parse_overrides(rest), torch.cuda.is_available())
     except ConfigError as e:
         fail(str(e))
 

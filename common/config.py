@@ -5,6 +5,11 @@ one-line comment. Named blocks are merged on top of it left to right (`--configs
 `--key value` / `--section.key value` overrides from the command line. Anything a user can get wrong
 (unknown block, unknown key, wrong type) raises ConfigError with ONE line naming the offender and the
 closest valid choices; main.py turns it into exit status 2 without a traceback.
+
+Merge order: defaults <- the named blocks that are not size blocks, left to right <- the size blocks
+(those named, left to right; when none is named, the device's: AUTO_SIZE) <- --key overrides. Size
+blocks come after the others wherever they are named, so `--configs debug four_rooms` and
+`--configs four_rooms debug` are the same run; the chosen sizes are recorded in the key `size`.
 """
 from __future__ import annotations
 
@@ -158,6 +163,16 @@ def check_values(flat: dict) -> None:
 REGEX = ("wm.cnn_keys", "wm.mlp_keys")
 
 
+# Blocks that set sizes and cadences (model, batch, train ratio, datasets, updates); merged after
+# the other blocks. `size` records which applied: their names joined by '+', or 'default' (none).
+SIZE_BLOCKS = ("cpu", "learn", "vector_cpu", "memory_control", "debug", "memory_cpu", "grid_cpu",
+               "memory_paper", "capacity")
+
+# The size block of a run that names none (size: auto), by (device type, mode). On CUDA: none, the
+# defaults are DreamerV3-S. On a CPU those need 6-20 s per update (2 cores): the CPU sizes instead.
+AUTO_SIZE = {("cpu", "online"): "cpu", ("cpu", "offline"): "memory_cpu"}
+
+
 class ConfigError(ValueError):
     """A user mistake in configs or flags; its message is a single line."""
 
@@ -293,26 +308,67 @@ class Config:
         return stream.getvalue()
 
 
-def merge(blocks: dict, names: list[str], overrides: dict | None = None) -> Config:
-    """defaults <- blocks[names[0]] <- ... <- overrides (flat dotted keys)."""
+def merge(blocks: dict, names: list[str], overrides: dict | None = None,
+          cuda_available: bool = True) -> Config:
+    """defaults <- other blocks <- size blocks <- overrides (flat dotted keys); see the module
+    docstring. cuda_available: whether device 'auto' means CUDA, which decides the size a run gets
+    when it names no size block (common.cli.parse asks torch; the default keeps the defaults)."""
     defaults = _flatten(blocks["defaults"])
-    flat = dict(defaults)
+    choices = [b for b in blocks if b != "defaults"]
     for name in names:
         if name not in blocks or name == "defaults":
-            choices = [b for b in blocks if b != "defaults"]
             raise ConfigError(f"unknown config block '{name}' (closest: {_closest(name, choices)})")
+    overrides = dict(overrides or {})
+    for key in overrides:
+        if key not in defaults:
+            raise ConfigError(f"unknown config key '--{key}' (closest: "
+                              f"{', '.join('--' + c for c in _closest(key, defaults).split(', '))})")
+    flat = dict(defaults)
+    _apply(flat, blocks, [n for n in names if n not in SIZE_BLOCKS], defaults)
+    sizes = [n for n in names if n in SIZE_BLOCKS]
+    if "size" in defaults:
+        size = str(overrides.pop("size", flat["size"]))
+        sizes = _size_blocks(size, sizes, blocks, {**flat, **overrides}, cuda_available)
+    _apply(flat, blocks, sizes, defaults)
+    if "size" in defaults:
+        flat["size"] = "+".join(sizes) or "default"
+    for key, value in overrides.items():
+        flat[key] = _coerce(key, value, defaults[key])
+    check_values(flat)
+    return Config(flat)
+
+
+def _apply(flat: dict, blocks: dict, names: list[str], defaults: dict) -> None:
+    for name in names:
         for key, value in _flatten(blocks[name] or {}).items():
             if key not in defaults:
                 raise ConfigError(f"block '{name}' sets unknown key '{key}' "
                                   f"(closest: {_closest(key, defaults)})")
             flat[key] = _coerce(key, value, defaults[key])
-    for key, value in (overrides or {}).items():
-        if key not in defaults:
-            raise ConfigError(f"unknown config key '--{key}' (closest: "
-                              f"{', '.join('--' + c for c in _closest(key, defaults).split(', '))})")
-        flat[key] = _coerce(key, value, defaults[key])
-    check_values(flat)
-    return Config(flat)
+
+
+def _size_blocks(size: str, named: list[str], blocks: dict, flat: dict,
+                 cuda_available: bool) -> list[str]:
+    """The size blocks that apply: those named in --configs, else the `size` key's ('auto': the
+    device's, AUTO_SIZE; 'default': none; else block names joined by '+')."""
+    if named:
+        if size not in ("auto", "+".join(named)):
+            raise ConfigError(f"config key 'size' is {size!r} but --configs names the size "
+                              f"block(s) {', '.join(named)}: give the size one way")
+        return named
+    if size == "auto":
+        device = str(flat.get("device", "auto"))
+        on_cpu = device == "cpu" or (device == "auto" and not cuda_available)
+        block = AUTO_SIZE.get(("cpu" if on_cpu else "cuda", str(flat.get("mode", "online"))))
+        return [block] if block in blocks else []
+    if size == "default":
+        return []
+    words = size.split("+")
+    for word in words:
+        if word not in SIZE_BLOCKS or word not in blocks:
+            raise ConfigError(f"config key 'size' has unknown value {word!r} (choices: auto, "
+                              f"default, {', '.join(b for b in SIZE_BLOCKS if b in blocks)})")
+    return words
 
 
 def parse_overrides(argv: list[str]) -> dict:
@@ -370,6 +426,11 @@ def check_resume(saved: dict, config: Config, path) -> None:
     allowed = {"steps", "logdir", "device", "threads", "memory.workers", "offline.updates",
                "offline.eval_every", "offline.eval_batch", "offline.log_every",
                "offline.checkpoint_every"}
+    if "size" in saved and saved["size"] != now.get("size"):  # e.g. begun on a GPU, rerun on a CPU
+        raise ConfigError(
+            f"logdir {path} holds a run of size {saved['size']!r} but this command gives size "
+            f"{now.get('size')!r} (sizes follow the device unless named): rerun with --size "
+            f"{saved['size']} and no size block in --configs to resume it, or use another --logdir")
     for key in sorted(set(saved) | set(now)):
         if key not in saved:  # a key added to the schema after the run started: its default holds
             continue

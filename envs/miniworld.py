@@ -7,7 +7,10 @@ One MiniWorld env per process: two in one process corrupt each other's GL state.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import sys
 
 import gymnasium
 
@@ -30,8 +33,25 @@ def make(name: str, *, seed: int, image_size: int, fast_render: bool) -> gymnasi
     del seed, fast_render
     gl_import("miniworld")
     # MiniWorld's default observation is 60x80 (H x W): ask for a square image.
-    env = gymnasium.make(f"MiniWorld-{name}-v0", obs_width=image_size, obs_height=image_size, disable_env_checker=True)
+    with quiet():
+        env = gymnasium.make(f"MiniWorld-{name}-v0", obs_width=image_size, obs_height=image_size,
+                             disable_env_checker=True)
     return OneHotAction(ImageDict(env))
+
+
+@contextlib.contextmanager
+def quiet():
+    """Build a MiniWorld env without its prints about multisampling: it asks for 8 and 16 samples
+    and prints (not warns) 'Falling back to num_samples=4' for each under Mesa's llvmpipe. Other
+    output of the block is passed on."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines(keepends=True):
+            if not line.startswith("Falling back to num_samples="):
+                sys.stdout.write(line)
 
 
 class ImageDict(gymnasium.ObservationWrapper):

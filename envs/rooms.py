@@ -71,10 +71,11 @@ def build(n_rooms: int, *, context: int, query: int, teleport: bool, image_size:
         raise ValueError(f"rooms: n_rooms must be one of {sorted(GRIDS)}, got {n_rooms}")
     if context < 1 or query < 1:
         raise ValueError(f"rooms: context and query must be >= 1, got {context}, {query}")
-    from envs.miniworld import ImageDict  # the MiniWorld family's image-dict wrapper, reused
+    from envs.miniworld import ImageDict, quiet  # the MiniWorld family's wrapper, reused
     env_class = _env_class()
-    env = env_class(n_rooms, max_episode_steps=context + query - 1,
-                    teleport_at=context if teleport else None, image_size=image_size)
+    with quiet():
+        env = env_class(n_rooms, max_episode_steps=context + query - 1,
+                        teleport_at=context if teleport else None, image_size=image_size)
     return OneHotAction(ImageDict(env))
 
 

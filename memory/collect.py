@@ -130,8 +130,9 @@ class Spec:
         """The env family of the dataset's task (envs/registry.py)."""
         return "memorymaze" if self.env == "memory_maze" else self.env
 
-    def build(self):
-        """The env (wrapped: {'image'} observations, OneHot actions)."""
+    def build(self, seed: int = 0):
+        """The env (wrapped: {'image'} observations, OneHot actions). seed: the first episode's
+        (a memory maze is rebuilt when reset with another seed: ~5 s)."""
         if self.env == "rooms":
             from envs import rooms
             with gl_errors("rooms"):
@@ -140,7 +141,8 @@ class Spec:
         if self.env == "memory_maze":
             from envs import memorymaze
             from envs.wrappers import OneHotAction
-            return OneHotAction(memorymaze.MemoryMaze(self.maze, seed=0, image_size=self.image_size, global_obs=True))
+            return OneHotAction(memorymaze.MemoryMaze(self.maze, seed=seed, image_size=self.image_size,
+                                                      global_obs=True))
         from envs import gridmemory
         if self.env == "distracting_memory":
             return gridmemory.build_distracting(self.width, max_steps=3 * self.width + 30, image_size=self.image_size)
@@ -200,7 +202,7 @@ def collect_one(spec: Spec, seed: int, index: int, out: str) -> tuple[int, int, 
     start = time.perf_counter()
     if spec not in _ENV:
         close_envs()  # one MiniWorld env per process
-        _ENV[spec] = spec.build()
+        _ENV[spec] = spec.build(env_seed(seed, index))
     arrays = run_episode(_ENV[spec], spec, env_seed(seed, index))
     write_atomic(episode_path(out, index), arrays)
     return index, len(arrays["image"]), time.perf_counter() - start
@@ -304,10 +306,17 @@ def _read_meta(path: str) -> dict:
     return saved
 
 
+def dataset_folder(config) -> str:
+    """memory.out with '{name}' replaced by the dataset's name (`debug`: datasets/debug/{name});
+    '' = datasets/<name>."""
+    return (config.memory.out or os.path.join("datasets", "{name}")).replace(
+        "{name}", Spec.from_config(config).name)
+
+
 def collect(config) -> dict:
     """Write the missing episodes of the dataset `config` describes; returns counts and timings."""
     spec, m = Spec.from_config(config), config.memory
-    out = m.out or os.path.join("datasets", spec.name)
+    out = dataset_folder(config)
     check_folder(out, spec, config.seed)
     todo = [i for i in range(m.episodes) if not complete(episode_path(out, i))]
     bar = None

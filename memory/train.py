@@ -46,21 +46,18 @@ from agent.agent import to_torch
 from common import checkpoint, dist, interrupt
 from common.cli import fail, prepare_logdir
 from common.config import ConfigError
+from common.console import Progress, offline_header
 from common.health import Health, check_growth, close_all, may_save, optimizer_step
 from common.logger import Logger, openloop_grid
 from common.resources import check_memory
 from common.tree import detach
 from memory import evaluate as evaluation
-from memory.collect import Spec, collect, episode_path
+from memory.collect import Spec, collect, dataset_folder, episode_path
 from replay.storage import read_chunk
 from world_models import build_world_model
 
 MODEL_KEYS = evaluation.MODEL_KEYS
 FIELDS = {"trainer": dict, "updates": int, "rng": dict}  # what a checkpoint holds (checked)
-
-
-def dataset_folder(config) -> str:
-    return config.memory.out or os.path.join("datasets", Spec.from_config(config).name)
 
 
 def load_episodes(folder: str, count: int, test: int) -> tuple[list[dict], list[dict]]:
@@ -195,7 +192,7 @@ def run(config, name: str, device) -> None:
         ckpt = checkpoint.load(logdir / "checkpoint.pt", FIELDS)
     except RuntimeError as e:
         fail(str(e))
-    updates, seconds, windows = 0, 0.0, []
+    updates, seconds, windows, start = 0, 0.0, [], "a new run"
     if ckpt is not None:
         try:
             trainer.restore(ckpt["trainer"])
@@ -208,13 +205,18 @@ def run(config, name: str, device) -> None:
             fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
                  f"away to start afresh")
-        print(f"resuming {logdir} at update {updates}")
+        start = f"resuming {logdir} at update {updates}"
+        if not main_rank:
+            print(start)  # rank 0 says it in the header
     dist.broadcast_module(trainer.wm)  # rank 0's weights everywhere
     if not main_rank:
         checkpoint.seed_everything(dist.rank_seed(config.seed) + updates)  # own sampling noise
     print(f"{f'rank {dist.rank()}: ' if dist.world_size() > 1 else ''}offline training: "
           f"{len(train)} train / {len(test)} test episodes from {folder}, rows of {window} steps "
           f"{f'in chunks of {o.chunk}' if o.chunk else 'in one pass'}, {o.updates} updates")
+    if main_rank:
+        print(offline_header(config, trainer.wm, device, logdir, start,
+                             Spec.from_config(config).name, folder, window), flush=True)
     logger, last_eval = Logger(logdir, enabled=main_rank, resume_step=updates), _last_eval(logdir)
     health, error = Health(config.run.nan_patience, logdir, "update"), None
 
@@ -230,10 +232,8 @@ def run(config, name: str, device) -> None:
         return {"train_seconds": seconds + time.time() - started, "loss_windows": windows,
                 "plateau": plateaued(windows, o.plateau)}
 
-    progress = None
-    if config.run.progress and main_rank:
-        from tqdm import tqdm
-        progress = tqdm(total=o.updates, initial=updates, unit="update", dynamic_ncols=True)
+    progress = Progress(o.updates, updates, unit="update", updates_per_unit=1.0,
+                        eval_every=o.eval_every, enabled=config.run.progress and main_rank)
     timer = (time.time(), updates)
     started, loss_sum = time.time(), [0.0, 0]  # training time of this call; loss sum, count
     if plateaued(windows, o.plateau):
@@ -246,8 +246,7 @@ def run(config, name: str, device) -> None:
             metrics, ok = trainer.update(rows)
             updates += 1
             health.end(ok, updates)  # stops the run after run.nan_patience in a row
-            if progress is not None:
-                progress.update(1)
+            progress.lap("update")
             if not ok:
                 continue
             logger.scalars(metrics, "train/")
@@ -257,8 +256,10 @@ def run(config, name: str, device) -> None:
                 windows.append(loss_sum[0] / loss_sum[1])
                 loss_sum = [0.0, 0]
                 if main_rank:
+                    progress.show(updates, updates, "evaluation")
                     run_evaluation(config, trainer, test, logdir, logger, updates, probe_train,
                                    progress_info())
+                    progress.lap("eval")
                 last_eval = updates
                 if plateaued(windows, o.plateau):
                     print(f"update {updates}: the training loss changed by less than "
@@ -268,12 +269,13 @@ def run(config, name: str, device) -> None:
                 logger.scalar("fps/updates", (updates - timer[1]) / (now - timer[0]))
                 means = logger.write(updates)
                 timer = (now, updates)
-                if progress is not None:
-                    progress.set_postfix({"loss": f"{means.get('train/loss', float('nan')):.4g}"})
+                progress.notes["loss"] = f"{means.get('train/loss', float('nan')):.4g}"
             if updates % o.checkpoint_every == 0 and health.saveable:
                 save()
+            progress.show(updates, updates, "training")
         # the final evaluation (also when a finished run is rerun), of weights that may be saved
         if last_eval != updates and main_rank and health.saveable:
+            progress.show(updates, updates, "evaluation")
             run_evaluation(config, trainer, test, logdir, logger, updates, probe_train,
                            progress_info())
             logger.write(updates)
@@ -285,7 +287,7 @@ def run(config, name: str, device) -> None:
         raise
     finally:  # the weights are saved only from a completed, good update (common/health.py)
         close_all([save if may_save(health, error) else None, lambda: logger.write(updates),
-                   logger.close, progress.close if progress is not None else None], error)
+                   logger.close, progress.close], error)
 
 
 def plateaued(windows: list[float], tolerance: float) -> bool:

@@ -46,7 +46,11 @@ def decode(path):
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_debug_run_writes_everything(tmp_path, family, backbone):
     logdir = tmp_path / "run"
-    run("--configs", "debug", family, backbone, "--logdir", str(logdir), "--steps", "150")
+    proc = run("--configs", "debug", family, backbone, "--logdir", str(logdir), "--steps", "150")
+    assert proc.stderr == "", proc.stderr  # no library noise (warnings, GL, SDL, gym notices)
+    assert "Falling back" not in proc.stdout  # MiniWorld prints that for each env it builds
+    assert proc.stdout.startswith(f"task         {family}_")
+    assert "start        a new run" in proc.stdout
     assert (logdir / "config.yaml").exists() and (logdir / "checkpoint.pt").exists()
     rows = [json.loads(l) for l in (logdir / "metrics.jsonl").read_text().splitlines()]
     assert rows and all("step" in r for r in rows)
