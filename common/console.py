@@ -55,8 +55,9 @@ def size_rows(config, device: torch.device) -> list[tuple[str, str]]:
     w = config.wm
     latents = (f"{w.stoch}x{w.classes} categorical" if w.latent == "categorical"
                else f"{w.stoch} gaussian")
+    cnn = f"CNN depth {w.cnn_depth}" if w.cnn_keys else "no image (wm.cnn_keys '')"
     return [("size", f"{config.size}: {why}"),
-            ("", f"d_model {w.d_model}, latents {latents}, CNN depth {w.cnn_depth}")]
+            ("", f"d_model {w.d_model}, latents {latents}, {cnn}")]
 
 
 def header(rows: list[tuple[str, str]]) -> str:

@@ -109,5 +109,5 @@ def test_help_lists_blocks():
     for name in ["miniworld", "dmc", "memorymaze", "s4wm", "s5wm", "rssm", "tssm", "debug"]:
         assert name in proc.stdout
     text = " ".join(proc.stdout.split())
-    assert "Sizes follow the device: with no size block (cpu, learn, debug" in text
+    assert "Sizes follow the device: with no size block (cpu, learn, " in text
     assert "a CPU gets 'cpu'" in text and "CUDA the defaults (DreamerV3-S)" in text
