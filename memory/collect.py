@@ -352,6 +352,8 @@ def main(argv=None) -> None:
     config = parse(sys.argv[1:] if argv is None else argv, prog="python -m memory.collect",
                    description="Generate an offline dataset for one of the paper's memory benchmarks.")
     try:
+        print(f"size {config.size} (sizes follow the device unless named, as in main.py): "
+              f"{config.memory.episodes} episodes into {dataset_folder(config)}", flush=True)
         stats = collect(config)
     except ConfigError as e:
         fail(str(e))
