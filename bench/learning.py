@@ -23,7 +23,7 @@ command does not know go to every main.py run (e.g. --run.eval_every 2000).
 A uniformly random policy is measured on every task. Outputs, one task: <out>/learning.png, .md,
 .json. A study writes its small result files to --results (default
 docs/results/learning/<study>, to be committed; the runs stay in --out, default
-reports/learning/<study>):
+reports/learning/<study>; tables and plots: bench/study_report.py):
     control   <task>.png       eval return vs agent steps, mean +- s.e. over seeds per backbone,
                                random policy dashed, the anchor's curve (--anchor) dotted
     memory    success.png      final eval success rate vs the steps to remember, mean +- s.e.
@@ -49,10 +49,11 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from bench.study_report import (WALL, machine_line, pyplot, read_curve, summarise, wall_minutes,
+                                write_study)
 from common.cli import fail, run_main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CHANCE = 0.5  # success of a guess between the two choices of both memory tasks
 
 
 def _bsuite_length(task: str) -> int:
@@ -102,34 +103,11 @@ STUDIES = {
 
 # ---- reading runs -------------------------------------------------------------------------------
 
-def read_curve(logdir: pathlib.Path, key: str = "eval/return"):
-    path = logdir / "metrics.jsonl"
-    if not path.exists():
-        return np.zeros(0), np.zeros(0)
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if key in r]
-    return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows])
-
-
 def last_step(logdir: pathlib.Path) -> int:
     """The last step a run logged (0 if none): a finished run logs its final step at exit."""
     path = logdir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
     return json.loads(lines[-1])["step"] if lines else 0
-
-
-def mean_se(values) -> tuple[float, float]:
-    """Mean and standard error (sample std / sqrt(n)) of per-seed values; s.e. nan for n < 2."""
-    v = np.asarray(values, float)
-    if not len(v):
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-
-
-def fmt(mean: float, se: float) -> str:
-    if np.isnan(mean):
-        return "n/a"
-    return f"{mean:.4g}" if np.isnan(se) else f"{mean:.4g} +- {se:.2g}"
 
 
 def random_returns(task: str, episodes: int, seed: int, env_kw: dict) -> np.ndarray:
@@ -167,14 +145,6 @@ def env_kwargs_for(configs, task: str) -> dict:
 
 
 # ---- running cells ------------------------------------------------------------------------------
-
-WALL = "bench_wall.json"  # in a run's logdir: seconds spent in it by this command, over all calls
-
-
-def wall_minutes(logdir: pathlib.Path) -> float:
-    path = logdir / WALL
-    return json.loads(path.read_text())["seconds"] / 60 if path.exists() else float("nan")
-
 
 def _add_wall(logdir: pathlib.Path, seconds: float) -> None:
     path = logdir / WALL
@@ -218,7 +188,7 @@ def run_cells(cells: list[tuple[list[str], str, pathlib.Path]], jobs: int) -> No
 # ---- one task (issue 4) -------------------------------------------------------------------------
 
 def plot(curves: dict, baseline: float, task: str, path: pathlib.Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for name, (steps, values) in curves.items():
         if len(steps):
@@ -253,7 +223,7 @@ def single_task(args, extra) -> None:
     baseline = random_return(task, args.random_episodes or 10, 0, env_kwargs_for(configs, task))
     plot(curves, baseline, task, out / "learning.png")
     lines = [f"# Learning: {task}, {steps} env steps, configs {' '.join(configs)}", "",
-             f"{_machine_line()}. Random policy return: {baseline:.4g} "
+             f"{machine_line()}. Random policy return: {baseline:.4g} "
              f"({args.random_episodes or 10} episodes)", "",
              "| backbone | seed | last eval at step | final eval return | best eval return "
              "| wall time |", "|---|---|---|---|---|---|"]
@@ -283,153 +253,6 @@ def study_cells(name: str, study: Study, tasks, backbones, seeds, steps, out, ex
                         *study.extra(task), *extra]
                 cells.append((args, f"{name} {task} {b} seed {s}", logdir))
     return cells
-
-
-def summarise(tasks, backbones, seeds, out: pathlib.Path) -> dict:
-    """{task: {backbone: {...}}}: each seed's curve (eval/return, eval/success) and the mean +-
-    s.e. over seeds of its last evaluation."""
-    summary = {}
-    for task in tasks:
-        summary[task] = {}
-        for b in backbones:
-            runs = {}
-            for s in seeds:
-                logdir = out / task / f"{b}_seed{s}"
-                steps, ret = read_curve(logdir, "eval/return")
-                _, success = read_curve(logdir, "eval/success")
-                runs[s] = {"steps": steps.tolist(), "return": ret.tolist(),
-                           "success": success.tolist(), "wall_min": wall_minutes(logdir)}
-            done = [r for r in runs.values() if r["steps"]]
-            summary[task][b] = {
-                "runs": runs, "n": len(done),
-                "last_step": min((r["steps"][-1] for r in done), default=0),
-                "return": mean_se([r["return"][-1] for r in done]),
-                "success": mean_se([r["success"][-1] for r in done if r["success"]])}
-    return summary
-
-
-def anchor_value(anchors: dict, task: str, step: int, memory: bool) -> tuple[str, str]:
-    """(value at `step`, source) of the published anchor for `task`, or ('', '')."""
-    a = anchors.get(task)
-    if not a:
-        return "", ""
-    if memory:
-        return f"{a['success']:.3g}", a.get("source", "")
-    if not step:
-        return "", a.get("source", "")
-    return f"{np.interp(step, a['steps'], a['return']):.4g}", a.get("source", "")
-
-
-def write_study(name: str, study: Study, summary: dict, randoms: dict, anchors: dict,
-                results: pathlib.Path, steps: int, seeds) -> list[str]:
-    results.mkdir(parents=True, exist_ok=True)
-    memory = study.memory is not None
-    lines = [f"# Study {name}: {steps} agent steps per run, configs {' '.join(study.configs)} "
-             f"<backbone>, seeds {','.join(seeds)}", "", f"{_machine_line()}.", "",
-             "Mean +- standard error over seeds of each run's last evaluation "
-             "(`eval/return`, `eval/success`: the fraction of greedy episodes with a return > 0)."]
-    if memory:
-        lines += ["", f"Chance: success {CHANCE} (a guess between the two choices).", "",
-                  "| task | steps to remember | backbone | seeds | last eval at step | success | "
-                  "return | random policy success | anchor success | wall time per run |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-    else:
-        lines += ["", "| task | backbone | seeds | last eval at step | eval return | random policy "
-                  "return | anchor at that step | wall time per run |",
-                  "|---|---|---|---|---|---|---|---|"]
-    for task, per in summary.items():
-        rnd = randoms[task]
-        for b, s in per.items():
-            walls = [r["wall_min"] for r in s["runs"].values() if not np.isnan(r["wall_min"])]
-            wall = f"{np.mean(walls):.1f} min" if walls else "n/a"
-            value, source = anchor_value(anchors, task, s["last_step"], memory)
-            anchor = f"{value} ({source})" if value else ""
-            if memory:
-                lines.append(f"| {task} | {study.memory(task)} | {b} | {s['n']} | {s['last_step']} "
-                             f"| {fmt(*s['success'])} | {fmt(*s['return'])} | "
-                             f"{rnd['success']:.3g} | {anchor} | {wall} |")
-            else:
-                lines.append(f"| {task} | {b} | {s['n']} | {s['last_step']} | {fmt(*s['return'])} "
-                             f"| {rnd['return']:.4g} | {anchor} | {wall} |")
-    (results / "results.md").write_text("\n".join(lines) + "\n")
-    (results / "results.json").write_text(json.dumps(
-        {"study": name, "configs": study.configs, "steps": steps, "seeds": list(seeds),
-         "random": randoms, "anchors": anchors, "summary": summary}, indent=1))
-    if memory:
-        plot_memory(study, summary, randoms, anchors, results)
-    else:
-        for task in summary:
-            plot_control(task, summary[task], randoms[task], anchors.get(task), results)
-    return lines
-
-
-def _band(runs: dict, key: str):
-    """Steps all seeds evaluated at, and the mean and s.e. over seeds there."""
-    curves = [dict(zip(r["steps"], r[key])) for r in runs.values() if r[key]]
-    if not curves:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    common = sorted(set.intersection(*(set(c) for c in curves)))
-    stats = [mean_se([c[t] for c in curves]) for t in common]
-    mean = np.array([m for m, _ in stats])
-    se = np.nan_to_num(np.array([e for _, e in stats]))
-    return np.array(common), mean, se
-
-
-def plot_control(task: str, per: dict, rnd: dict, anchor: dict | None, results: pathlib.Path):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for b, s in per.items():
-        steps, mean, se = _band(s["runs"], "return")
-        if len(steps):
-            ax.plot(steps, mean, marker="o", ms=3, label=f"{b} (n={s['n']})")
-            ax.fill_between(steps, mean - se, mean + se, alpha=0.2)
-    ax.axhline(rnd["return"], color="gray", ls="--", label="random policy")
-    if anchor:
-        ax.plot(anchor["steps"], anchor["return"], color="black", ls=":",
-                label=anchor.get("source", "anchor"))
-    ax.set_xlabel("agent steps (after action repeat)"), ax.set_ylabel("eval return")
-    ax.set_title(f"{task}: mean +- s.e. over seeds")
-    ax.legend(fontsize=7), ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(results / f"{task}.png")
-    plt.close(fig)
-
-
-def plot_memory(study: Study, summary: dict, randoms: dict, anchors: dict, results: pathlib.Path):
-    plt = _pyplot()
-    tasks = list(summary)
-    x = [study.memory(t) for t in tasks]
-    backbones = list(next(iter(summary.values()))) if summary else []
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for b in backbones:
-        stats = [summary[t][b]["success"] for t in tasks]
-        ax.errorbar(x, [m for m, _ in stats], yerr=np.nan_to_num([e for _, e in stats]),
-                    marker="o", ms=4, capsize=3, label=b)
-    ax.axhline(CHANCE, color="gray", ls="--", label="chance")
-    ax.plot(x, [randoms[t]["success"] for t in tasks], color="gray", ls=":", label="random policy")
-    marked = [(study.memory(t), anchors[t]) for t in tasks if t in anchors]
-    if marked:
-        ax.plot([m for m, _ in marked], [a["success"] for _, a in marked], "k*", ms=8,
-                label=marked[0][1].get("source", "anchor"))
-    ax.set_xlabel("steps to remember"), ax.set_ylabel("eval success rate (last evaluation)")
-    ax.set_ylim(-0.05, 1.05), ax.legend(fontsize=7), ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(results / "success.png")
-    plt.close(fig)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(3 * len(tasks), 3), dpi=120, squeeze=False)
-    for ax, t in zip(axes[0], tasks):
-        for b in backbones:
-            steps, mean, se = _band(summary[t][b]["runs"], "success")
-            if len(steps):
-                ax.plot(steps, mean, label=b)
-                ax.fill_between(steps, mean - se, mean + se, alpha=0.2)
-        ax.axhline(CHANCE, color="gray", ls="--")
-        ax.set_title(t, fontsize=8), ax.set_ylim(-0.05, 1.05), ax.grid(alpha=0.3)
-        ax.set_xlabel("agent steps", fontsize=7)
-    axes[0][0].set_ylabel("eval success"), axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(results / "curves.png")
-    plt.close(fig)
 
 
 def run_study(args, extra) -> None:
@@ -469,23 +292,6 @@ def run_study(args, extra) -> None:
     lines = write_study(args.study, study, summary, randoms, anchors, results, steps, seeds)
     print("\n".join(lines))
     print(f"wrote {results}/results.md, results.json and plots")
-
-
-# ---- shared -------------------------------------------------------------------------------------
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _machine_line() -> str:
-    import torch
-    from bench.backbones import machine
-    info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
-    return f"Machine: {where}; commit {info['commit']}; {time.strftime('%Y-%m-%d')}"
 
 
 def main(argv=None) -> None:
