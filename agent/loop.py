@@ -14,6 +14,7 @@ import torch
 
 from common import interrupt
 from common.logger import openloop_grid
+from common.resources import replay_steps
 from envs import env_seed, make_vector_env
 from envs.spaces import OneHot
 from replay import Replay, StreamSampler
@@ -68,7 +69,8 @@ class Collector:
         spec.update({"action": ((self.act_dim,), np.float32), "reward": ((), np.float32),
                      **{k: ((), bool) for k in FLAGS}})
         # a chunk on disk with other keys or shapes (another run's) stops the run in one line
-        self.replay = Replay(str(replay_dir(logdir, rank)), config.replay.capacity,
+        ranks = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        self.replay = Replay(str(replay_dir(logdir, rank)), replay_steps(config, ranks),
                              chunk_len=config.replay.chunk, seed=seed, spec=spec)
         self.stream = StreamSampler(self.replay, batch_size or config.train.batch_size,
                                     config.train.seq_len, seed=seed + 1)

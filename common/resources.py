@@ -49,6 +49,12 @@ def parameter_count(config, act_dim: int = 1) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def replay_steps(config, ranks: int = 1) -> int:
+    """Steps one process's replay ever holds: replay.capacity, or every step this process will
+    collect (config.steps counts all ranks) when that is fewer. The ring is allocated this size."""
+    return max(1, min(config.replay.capacity, math.ceil(config.steps / ranks)))
+
+
 def estimate(config, batch: int, ranks: int = 1) -> dict[str, float]:
     """Bytes this process needs at least: {'replay' or 'dataset', 'model', 'batch'}."""
     S, m = config.env.image_size, config.memory
@@ -63,8 +69,7 @@ def estimate(config, batch: int, ranks: int = 1) -> dict[str, float]:
         activations = float(batch) * window * (frame + per_frame * (config.offline.chunk or window)
                                                / window)
     else:
-        steps = min(config.replay.capacity, math.ceil(config.steps / ranks))
-        held = {"replay": float(steps) * (frame + 64)}
+        held = {"replay": float(replay_steps(config, ranks)) * (frame + 64)}
         activations = float(batch) * config.train.seq_len * per_frame
     return {**held, "model": 16.0 * parameter_count(config), "batch": activations}
 
