@@ -120,7 +120,8 @@ def run(config, device) -> None:
              f"train.seq_len ({B * T}) of this process: a batch could never be sampled")
     if ranks > 1 and main_rank:
         print(f"data parallel: {ranks} processes x batch {B} = global batch {ranks * B}")
-    check_memory(config, device, batch=B, ranks=ranks)  # before building anything
+    check_memory(config, device, batch=B, ranks=ranks,  # before building anything
+                 build=lambda dev: build_agent(config, 1, True, dev))
     logdir = prepare_logdir(config, write=main_rank)  # after every check: nothing written before
     checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     try:

@@ -51,7 +51,7 @@ from torch import nn
 from agent.agent import to_torch
 from common import interrupt
 from envs.gridmemory import COLOURS
-from memory.evaluate import MODEL_KEYS, observe
+from memory.episodes import MODEL_KEYS, observe
 from memory.metrics import decision_step
 
 MAX_ROWS = 50_000  # training frames kept for fitting a probe

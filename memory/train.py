@@ -53,10 +53,10 @@ from common.resources import check_memory
 from common.tree import detach
 from memory import evaluate as evaluation
 from memory.collect import Spec, collect, dataset_folder, episode_path
+from memory.episodes import MODEL_KEYS
 from replay.storage import read_chunk
 from world_models import build_world_model
 
-MODEL_KEYS = evaluation.MODEL_KEYS
 FIELDS = {"trainer": dict, "updates": int, "rng": dict}  # what a checkpoint holds (checked)
 
 
@@ -170,7 +170,8 @@ def run(config, name: str, device) -> None:
     if config.memory.env == "memory_maze" and o.probe_episodes < 1:
         fail("memory maze evaluation fits its probes on training episodes: offline.probe_episodes "
              f"must be >= 1, got {o.probe_episodes}")
-    check_memory(config, device, batch=B)  # before anything is built or written
+    check_memory(config, device, batch=B,  # before anything is built or written
+                 build=lambda dev: build_world_model(config, 1))
     logdir = prepare_logdir(config, name, write=main_rank)
     checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     folder = dataset_folder(config)
