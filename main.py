@@ -7,8 +7,8 @@ The loop, per iteration: act in the environments -> store the step in replay -> 
 model and the actor-critic (train_ratio replayed steps per env step) -> evaluate -> log -> checkpoint.
 Rerunning the same command resumes the run in the same logdir.
 
-Data parallel (common/dist.py): every rank runs this loop on its own env workers (own seed) and its
-own replay shard; updates average gradients over ranks. `step` counts env steps of all ranks.
+Data parallel (common/parallel.py): every rank runs this loop on its own env workers (own seed) and
+its own replay shard; updates average gradients over ranks. `step` counts env steps of all ranks.
 Only rank 0 evaluates and writes logs, videos and checkpoints; every rank resumes from it.
 
 Exit status: 0 done; 2 a user's mistake or a stopped run (one line on stderr: a bad value or file,
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from agent.agent import build_agent
-from agent.loop import Collector, evaluate, openloop_video
-from common import checkpoint, dist, interrupt
+from agent.experience import Collector, evaluate, openloop_video
+from common import checkpoint, interrupt, parallel
 from common.cli import fail, parse, prepare_logdir, storage_failure
 from common.config import ConfigError
 from common.console import Progress, online_header
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
         fail(str(e))
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = dist.init(pick_device(config.device))  # joins the process group under torchrun
+    device = parallel.init(pick_device(config.device))  # joins the process group under torchrun
     finished = False
     try:
         if config.mode == "offline":  # a memory benchmark: the world model alone, on its dataset
@@ -96,12 +96,12 @@ def main(argv=None) -> None:
             raise
         fail(message)
     finally:
-        dist.close(wait=finished)
+        parallel.close(wait=finished)
 
 
 def batch_size(config) -> int:
     """Sequences per update of this rank: train.batch_size, or train.global_batch split evenly."""
-    ranks, total = dist.world_size(), config.train.global_batch
+    ranks, total = parallel.world_size(), config.train.global_batch
     if total and total % ranks:
         fail(f"train.global_batch ({total}) must be a multiple of the number of processes "
              f"({ranks})")
@@ -109,7 +109,7 @@ def batch_size(config) -> int:
 
 
 def run(config, device) -> None:
-    ranks, main_rank = dist.world_size(), dist.is_main()
+    ranks, main_rank = parallel.world_size(), parallel.is_main()
     B, T = batch_size(config), config.train.seq_len
     if config.train.prefill < ranks * config.env.envs * T:
         fail(f"train.prefill ({config.train.prefill}) must be >= processes x env.envs x "
@@ -131,12 +131,12 @@ def run(config, device) -> None:
     step = int(ckpt["step"]) if ckpt is not None else 0
     # Rank r > 0 has its own seed; its RNG states are not in the checkpoint (only rank 0's are),
     # so a resumed rank r > 0 re-derives them from the step it resumes at.
-    seed = dist.rank_seed(config.seed)
+    seed = parallel.rank_seed(config.seed)
     if ckpt is not None and not main_rank:
         seed = env_seed(seed, step)
     # env workers + replay (loads what is on disk: <logdir>/replay, rank r > 0 replay/rank<r>)
     try:  # an observation choice (wm.cnn_keys / wm.mlp_keys) the task lacks fails in one line
-        collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=dist.rank())
+        collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=parallel.rank())
     except ConfigError as e:
         fail(str(e))
     agent = build_agent(config, collector.act_dim, collector.discrete, device, collector.spaces)
@@ -154,13 +154,14 @@ def run(config, device) -> None:
                  f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
                  f"away to start afresh")
         pretrain = 0
-        start = (f"{f'rank {dist.rank()}: ' if ranks > 1 else ''}resuming {logdir} at step {step} "
+        who = f"rank {parallel.rank()}: " if ranks > 1 else ""
+        start = (f"{who}resuming {logdir} at step {step} "
                  f"({updates} updates, {len(collector.replay)} steps in replay)")
         if not main_rank:
             print(start)  # rank 0 says it in the header
     if not main_rank:
         checkpoint.seed_everything(seed)  # this rank's own sampling noise from here on
-    dist.broadcast_module(agent)  # rank 0's weights everywhere (and a barrier before any save)
+    parallel.broadcast_module(agent)  # rank 0's weights everywhere (and a barrier before any save)
 
     def save():
         collector.replay.flush()  # every rank flushes its own shard
@@ -195,12 +196,12 @@ def run(config, device) -> None:
 
             # 2. update world model + actor-critic, train_ratio replayed steps per env step
             # (every rank must hold a batch, else a rank would wait alone in the update)
-            ready = ready or (step >= prefill and dist.all_true(len(collector.replay) >= B * T))
+            ready = ready or (step >= prefill and parallel.all_true(len(collector.replay) >= B * T))
             if ready:
                 due, pretrain = ratio(step - prefill) + pretrain, 0
                 for _ in range(due):
                     interrupt.check()
-                    batch, reset = collector.sample(B, T)
+                    batch, reset = collector.training_batch(B, T)
                     health.begin()  # from here until end(), no checkpoint may be written
                     metrics, carried, ok = agent.update(batch, carried, reset)
                     health.end(ok, step)  # stops the run after run.nan_patience in a row
@@ -227,7 +228,7 @@ def run(config, device) -> None:
 
             # 4. log and checkpoint
             if should_log(step):
-                logger.pool(dist.gather_lists)  # every rank's episodes and losses
+                logger.pool(parallel.gather_lists)  # every rank's episodes and losses
                 now = time.time()
                 logger.scalar("fps/env", (step - timer["step"]) / (now - timer["t"]))
                 logger.scalar("fps/updates", (updates - timer["updates"]) / (now - timer["t"]))

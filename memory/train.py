@@ -27,8 +27,8 @@
    (Ctrl-C included), only from a completed, finite update (common/health.py); rerunning the
    same command resumes. Rows are drawn from (seed, update index,
    rank), so a resumed run sees the same rows as an uninterrupted one.
-Data parallel under torchrun (common/dist.py): rank 0 makes the dataset, every rank draws its rows
-from its own contiguous slice of the training episodes (dist.shard), gradients are averaged before
+Data parallel under torchrun (common/parallel.py): rank 0 makes the dataset, every rank draws its rows
+from its own contiguous slice of the training episodes (parallel.shard), gradients are averaged before
 clipping and the step; only rank 0 evaluates and writes logs, videos and checkpoints.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from agent.agent import to_torch
-from common import checkpoint, dist, interrupt
+from common import checkpoint, interrupt, parallel
 from common.cli import fail, prepare_logdir
 from common.config import ConfigError
 from common.console import Progress, offline_header
@@ -106,7 +106,7 @@ class Trainer:
         for s in range(0, W, chunk):
             data = to_torch({k: v[:, s:s + chunk] for k, v in rows.items()}, self.device)
             loss, metrics, _, state, _ = self.wm.loss(data, state)
-            if not dist.all_true(torch.isfinite(loss)):  # every rank skips, or none
+            if not parallel.all_true(torch.isfinite(loss)):  # every rank skips, or none
                 return {}, False
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,7 +162,7 @@ def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: L
 
 def run(config, name: str, device) -> None:
     """The offline loop (module docstring); `name` is the default run name."""
-    main_rank = dist.is_main()
+    main_rank = parallel.is_main()
     o, B = config.offline, config.train.batch_size
     if o.test_episodes >= config.memory.episodes:  # training only: collection alone may take fewer
         fail(f"config key 'offline.test_episodes' ({o.test_episodes}) must be < memory.episodes "
@@ -180,11 +180,11 @@ def run(config, name: str, device) -> None:
             stats = collect(config)  # writes only what is missing; checks the folder's settings
             if stats["written"]:
                 print(f"{folder}: wrote {stats['written']} episodes in {stats['seconds']:.0f} s")
-        dist.all_true(True)  # the other ranks wait for the dataset
+        parallel.all_true(True)  # the other ranks wait for the dataset
         train, test = load_episodes(folder, config.memory.episodes, o.test_episodes)
         probe_train = train[:o.probe_episodes]  # before sharding: the same on any world size
-        if dist.world_size() > 1:
-            train = list(dist.shard(train))  # this rank's slice
+        if parallel.world_size() > 1:
+            train = list(parallel.shard(train))  # this rank's slice
     except ConfigError as e:
         fail(str(e))
     window = o.window or max(len(e["is_first"]) for e in train)
@@ -209,10 +209,10 @@ def run(config, name: str, device) -> None:
         start = f"resuming {logdir} at update {updates}"
         if not main_rank:
             print(start)  # rank 0 says it in the header
-    dist.broadcast_module(trainer.wm)  # rank 0's weights everywhere
+    parallel.broadcast_module(trainer.wm)  # rank 0's weights everywhere
     if not main_rank:
-        checkpoint.seed_everything(dist.rank_seed(config.seed) + updates)  # own sampling noise
-    print(f"{f'rank {dist.rank()}: ' if dist.world_size() > 1 else ''}offline training: "
+        checkpoint.seed_everything(parallel.rank_seed(config.seed) + updates)  # own sampling noise
+    print(f"{f'rank {parallel.rank()}: ' if parallel.world_size() > 1 else ''}offline training: "
           f"{len(train)} train / {len(test)} test episodes from {folder}, rows of {window} steps "
           f"{f'in chunks of {o.chunk}' if o.chunk else 'in one pass'}, {o.updates} updates")
     if main_rank:
@@ -242,7 +242,7 @@ def run(config, name: str, device) -> None:
     try:
         while updates < o.updates and not plateaued(windows, o.plateau):
             interrupt.check()  # a Ctrl-C / SIGTERM stops here and saves (common/interrupt.py)
-            rows = draw_rows(train, np.random.default_rng([config.seed, updates, dist.rank()]), B, window)
+            rows = draw_rows(train, np.random.default_rng([config.seed, updates, parallel.rank()]), B, window)
             health.begin()  # from here until end(), no checkpoint may be written
             metrics, ok = trainer.update(rows)
             updates += 1

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.config import ConfigError, load_blocks, merge
-from common.dists import symlog
+from common.distributions import symlog
 from world_models import BACKBONES, build_world_model, observation_keys
 from world_models.base import WorldModel
 

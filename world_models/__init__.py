@@ -17,7 +17,7 @@ import re
 import numpy as np
 
 from common.config import ConfigError
-from common.dists import LatentSpace
+from common.distributions import LatentSpace
 from world_models.base import LatentSSMWorldModel, WorldModel
 
 

@@ -37,8 +37,8 @@ def replay_dir(logdir, rank: int = 0):
 class Collector:
     """Training env workers, the replay they fill, and episode statistics.
 
-    seed: this process's seed (config.seed; common.dist.rank_seed for rank r > 0 of a data-parallel
-    run); batch_size: sequences per update of this process; rank picks the replay folder."""
+    seed: this process's seed (config.seed; common.parallel.rank_seed for rank r > 0 of a
+    data-parallel run); batch_size: sequences per update of this process; rank picks the replay folder."""
 
     def __init__(self, config, logdir, start_step: int = 0, *, seed: int | None = None,
                  batch_size: int | None = None, rank: int = 0):
@@ -121,7 +121,7 @@ class Collector:
             step.update({k: bool(obs[k][i]) for k in FLAGS})
             self.replay.add(step, stream=i)
 
-    def sample(self, batch_size: int, seq_len: int):
+    def training_batch(self, batch_size: int, seq_len: int):
         """A training batch (numpy (B, T, ...)) and the rows whose carried state must reset."""
         if self.config.train.carry_state:
             return self.stream.sample()
