@@ -16,7 +16,7 @@ from world_models import build_world_model, losses
 
 SIZES = {"cpu": ["cpu"], "debug": ["debug"], "paper": []}  # --size word -> configs.yaml blocks
 NOT_SEQ = ("encoder.", "decoder.", "reward_head.", "cont_head.")  # outside the sequence model
-DEPTH_KEY = {"s4wm": "s4.n_blocks", "s5wm": "s5.n_blocks", "tssm": "tssm.n_layers"}
+DEPTH_WORDS = ("n_blocks", "n_layers")  # a backbone section's depth key, for --match-params
 
 
 # ---- config, model, data ----------------------------------------------------------------------
@@ -44,11 +44,17 @@ def matched_overrides(args) -> dict:
 
     target = seq("rssm", base)
     for b in args.backbones:
-        key = DEPTH_KEY.get(b)
+        key = depth_key(b)
         if key:
             depth = min(range(1, 9), key=lambda d: abs(math.log(seq(b, {**base, key: d}) / target)))
             out[b][key] = depth
     return out
+
+
+def depth_key(backbone: str) -> str | None:
+    """The backbone's block/layer count key ('s4wm.n_blocks', 'tssm.n_layers'), or None."""
+    section = load_blocks()["defaults"].get(backbone) or {}
+    return next((f"{backbone}.{k}" for k in DEPTH_WORDS if k in section), None)
 
 
 def make_batch(B: int, T: int, act_dim: int, image_size: int, seed: int, device) -> dict:
