@@ -99,18 +99,9 @@ def main(argv=None) -> None:
         parallel.close(wait=finished)
 
 
-def batch_size(config) -> int:
-    """Sequences per update of this rank: train.batch_size, or train.global_batch split evenly."""
-    ranks, total = parallel.world_size(), config.train.global_batch
-    if total and total % ranks:
-        fail(f"train.global_batch ({total}) must be a multiple of the number of processes "
-             f"({ranks})")
-    return total // ranks if total else config.train.batch_size
-
-
 def run(config, device) -> None:
     ranks, main_rank = parallel.world_size(), parallel.is_main()
-    B, T = batch_size(config), config.train.seq_len
+    B, T = parallel.batch_size(config), config.train.seq_len
     if config.train.prefill < ranks * config.env.envs * T:
         fail(f"train.prefill ({config.train.prefill}) must be >= processes x env.envs x "
              f"train.seq_len ({ranks * config.env.envs * T}) so that every worker's stream holds "

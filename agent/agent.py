@@ -19,18 +19,8 @@ from agent.actor_critic import ActorCritic
 from common import parallel
 from common.health import check_growth, optimizer_step
 from common.tree import detach, where_reset
+from replay import to_torch
 from world_models import build_world_model
-
-
-def to_torch(batch: dict, device) -> dict:
-    """Replay batch (numpy, (B, T, ...)) -> tensors; images stay uint8, flags bool, rest float32."""
-    out = {}
-    for key, value in batch.items():
-        t = torch.as_tensor(np.asarray(value))
-        if t.dtype == torch.float64:
-            t = t.float()
-        out[key] = t.to(device, non_blocking=True)
-    return out
 
 
 class Agent(torch.nn.Module):

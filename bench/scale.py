@@ -63,14 +63,13 @@ def bench_updates(argv: list[str], updates: int) -> None:
     from agent.agent import build_agent
     from common import checkpoint, parallel
     from common.cli import parse
-    from main import batch_size
     config = parse(argv, prog="python -m bench.scale updates")
     torch.set_num_threads(config.threads or 1)
     device = parallel.init(torch.device("cpu"))
     try:
         checkpoint.seed_everything(config.seed)
         agent = build_agent(config, act_dim=4, discrete=True, device=device)
-        B, T = batch_size(config), config.train.seq_len  # per rank (train.global_batch split)
+        B, T = parallel.batch_size(config), config.train.seq_len  # per rank (train.global_batch split)
         seed = parallel.rank_seed(config.seed)
         batches = [random_batch(B, T, 4, seed=seed + i) for i in range(4)]
         agent.update(batches[0])  # warm-up

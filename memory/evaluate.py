@@ -25,10 +25,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agent.agent import to_torch
 from memory import metrics
 from memory.episodes import MODEL_KEYS, observe
 from memory.probe import cue_scores, evaluate_probes
+from replay import to_torch
 
 def to_uint8(pred: torch.Tensor) -> np.ndarray:
     """Decoder means in [-0.5, 0.5] units -> uint8 images."""

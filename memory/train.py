@@ -42,7 +42,6 @@ import time
 import numpy as np
 import torch
 
-from agent.agent import to_torch
 from common import checkpoint, interrupt, parallel
 from common.cli import fail, prepare_logdir
 from common.config import ConfigError
@@ -54,6 +53,7 @@ from common.tree import detach
 from memory import evaluate as evaluation
 from memory.collect import Spec, collect, dataset_folder, episode_path
 from memory.episodes import MODEL_KEYS
+from replay import to_torch
 from replay.storage import read_chunk
 from world_models import build_world_model
 

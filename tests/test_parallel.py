@@ -14,7 +14,6 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-import main
 from common import parallel
 from envs import env_seed
 from replay import Replay
@@ -148,10 +147,10 @@ def test_global_batch_must_split_evenly(monkeypatch, capsys):
     from common.config import load_blocks, merge
     config = merge(load_blocks(), ["debug"], {"train.global_batch": "6"})
     monkeypatch.setattr(parallel, "world_size", lambda: 3)
-    assert main.batch_size(config) == 2
+    assert parallel.batch_size(config) == 2
     monkeypatch.setattr(parallel, "world_size", lambda: 4)
     with pytest.raises(SystemExit) as e:
-        main.batch_size(config)
+        parallel.batch_size(config)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.count("\n") == 0 and "multiple" in err, err
 
