@@ -7,7 +7,8 @@ import torch
 
 from common.tree import tree_map
 from tests.core_helpers import TOL, assert_close, resets, step_core
-from world_models.s4wm import S4Core, S4DStart, S4DWindow
+from world_models.s4d_rollout import S4DStart, S4DWindow
+from world_models.s4wm import S4Core
 from world_models.s5wm import S5Core
 
 B, T, H, N = 3, 37, 8, 12

@@ -134,7 +134,7 @@ def test_imagine_with_cached_params_equals_plain_steps(backbone):
     plain = torch.stack(feats, 1)
     if backbone != "s4wm":
         assert torch.equal(fast, plain)
-    # S4WM imagines in the convolution form (S4D.rollout_begin): equal to float32 rounding
+    # S4WM imagines in the convolution form (S4DRollout.rollout_begin): equal to float32 rounding
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     grads = [torch.autograd.grad(f.square().sum(), [starts["h"], *wm.parameters()],
                                  allow_unused=True) for f in (fast, plain)]
