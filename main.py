@@ -29,9 +29,10 @@ from common import checkpoint, interrupt, parallel
 from common.cli import fail, parse, prepare_logdir, storage_failure
 from common.config import ConfigError
 from common.console import Progress, online_header
-from common.health import Diverged, Health, close_all, may_save
+from common.health import Diverged, Health
 from common.logger import Logger
 from common.resources import check_memory
+from common.run import guarded, load_checkpoint, restore
 from common.schedule import Every, Ratio
 from envs import env_seed, parse_task
 from replay.buffer import ChunkMismatch
@@ -115,10 +116,7 @@ def run(config, device) -> None:
                  build=lambda dev: build_agent(config, 1, True, dev))
     logdir = prepare_logdir(config, write=main_rank)  # after every check: nothing written before
     checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
-    try:
-        ckpt = checkpoint.load(logdir / "checkpoint.pt", FIELDS)
-    except RuntimeError as e:
-        fail(str(e))
+    ckpt = load_checkpoint(logdir, FIELDS)
     step = int(ckpt["step"]) if ckpt is not None else 0
     # Rank r > 0 has its own seed; its RNG states are not in the checkpoint (only rank 0's are),
     # so a resumed rank r > 0 re-derives them from the step it resumes at.
@@ -134,16 +132,13 @@ def run(config, device) -> None:
     logger = Logger(logdir, enabled=main_rank, resume_step=step)
     updates, ratio_done, pretrain, start = 0, 0, config.train.pretrain, "a new run"
     if ckpt is not None:
-        try:
+        def apply():
             agent.restore(ckpt["agent"])
             if main_rank:
                 checkpoint.set_rng_state(ckpt["rng"])
                 collector.sampler_state(ckpt["sampler"])
-            updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
-            fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
-                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
-                 f"away to start afresh")
+        restore(logdir, apply)
+        updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
         pretrain = 0
         who = f"rank {parallel.rank()}: " if ranks > 1 else ""
         start = (f"{who}resuming {logdir} at step {step} "
@@ -167,14 +162,18 @@ def run(config, device) -> None:
     should_video = Every(config.run.video_every, step)
     should_save = Every(config.run.checkpoint_every, step)
     ratio = Ratio(config.train.train_ratio, ranks * B * T, ratio_done)  # replayed by all ranks
-    prefill, ready, error = config.train.prefill, False, None
+    prefill, ready = config.train.prefill, False
     health = Health(config.run.nan_patience, logdir)  # when the weights may be saved
     carried, timer = None, {"t": time.time(), "step": step, "updates": updates}
     if main_rank:
         print(online_header(config, agent, device, logdir, start, ratio.per_step), flush=True)
     progress = Progress(config.steps, step, unit="step", updates_per_unit=ratio.per_step,
                         eval_every=config.run.eval_every, enabled=config.run.progress and main_rank)
-    try:
+    # what was collected is never lost, even when stopping on NaN; the weights are saved only
+    # from a completed, good update (common/health.py)
+    with guarded(lambda: f"step {step}", health, save, before=[collector.replay.flush],
+                 after=[collector.close, lambda: logger.write(step), logger.close,
+                        progress.close]):
         while step < config.steps:
             interrupt.check()
             # 1. collect: one step in every env worker of every rank (random policy until prefill)
@@ -231,19 +230,6 @@ def run(config, device) -> None:
             if should_save(step) and health.saveable:  # never a bad one over a good one
                 save()
             progress.show(step, updates, "prefill" if step < prefill else "training")
-    except KeyboardInterrupt:  # a stop, not a failure: save, and report a failing save
-        print(f"interrupted at step {step}: saving a checkpoint", file=sys.stderr)
-        raise
-    except BaseException as e:
-        error = e
-        raise
-    finally:
-        # what was collected is never lost, even when stopping on NaN; the weights are saved only
-        # from a completed, good update (common/health.py)
-        close_all([collector.replay.flush, save if may_save(health, error) else None,
-                   collector.close, lambda: logger.write(step), logger.close,
-                   progress.close], error)
-
 
 if __name__ == "__main__":
     main()

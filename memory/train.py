@@ -36,7 +36,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -46,9 +45,10 @@ from common import checkpoint, interrupt, parallel
 from common.cli import fail, prepare_logdir
 from common.config import ConfigError
 from common.console import Progress, offline_header
-from common.health import Health, check_growth, close_all, may_save, optimizer_step
+from common.health import Health, check_growth, optimizer_step
 from common.logger import Logger, openloop_grid
 from common.resources import check_memory
+from common.run import guarded, load_checkpoint, restore
 from common.tree import detach
 from memory import evaluate as evaluation
 from memory.collect import Spec, collect, dataset_folder, episode_path
@@ -189,23 +189,17 @@ def run(config, name: str, device) -> None:
         fail(str(e))
     window = o.window or max(len(e["is_first"]) for e in train)
     trainer = Trainer(config, train[0]["action"].shape[-1], device)
-    try:
-        ckpt = checkpoint.load(logdir / "checkpoint.pt", FIELDS)
-    except RuntimeError as e:
-        fail(str(e))
+    ckpt = load_checkpoint(logdir, FIELDS)
     updates, seconds, windows, start = 0, 0.0, [], "a new run"
     if ckpt is not None:
-        try:
+        def apply():
             trainer.restore(ckpt["trainer"])
             if main_rank:
                 checkpoint.set_rng_state(ckpt["rng"])
-            updates = int(ckpt["updates"])
-            seconds = float(ckpt.get("seconds", 0.0))  # older checkpoints: not recorded
-            windows = [float(v) for v in ckpt.get("loss_windows", [])]
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
-            fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
-                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
-                 f"away to start afresh")
+        restore(logdir, apply)
+        updates = int(ckpt["updates"])
+        seconds = float(ckpt.get("seconds", 0.0))  # older checkpoints: not recorded
+        windows = [float(v) for v in ckpt.get("loss_windows", [])]
         start = f"resuming {logdir} at update {updates}"
         if not main_rank:
             print(start)  # rank 0 says it in the header
@@ -219,7 +213,7 @@ def run(config, name: str, device) -> None:
         print(offline_header(config, trainer.wm, device, logdir, start,
                              Spec.from_config(config).name, folder, window), flush=True)
     logger, last_eval = Logger(logdir, enabled=main_rank, resume_step=updates), _last_eval(logdir)
-    health, error = Health(config.run.nan_patience, logdir, "update"), None
+    health = Health(config.run.nan_patience, logdir, "update")
 
     def save():
         if not main_rank:
@@ -239,7 +233,9 @@ def run(config, name: str, device) -> None:
     started, loss_sum = time.time(), [0.0, 0]  # training time of this call; loss sum, count
     if plateaued(windows, o.plateau):
         print(f"the training loss had flattened at update {updates}: no more updates")
-    try:
+    # the weights are saved only from a completed, good update (common/health.py)
+    with guarded(lambda: f"update {updates}", health, save,
+                 after=[lambda: logger.write(updates), logger.close, progress.close]):
         while updates < o.updates and not plateaued(windows, o.plateau):
             interrupt.check()  # a Ctrl-C / SIGTERM stops here and saves (common/interrupt.py)
             rows = draw_rows(train, np.random.default_rng([config.seed, updates, parallel.rank()]), B, window)
@@ -280,15 +276,6 @@ def run(config, name: str, device) -> None:
             run_evaluation(config, trainer, test, logdir, logger, updates, probe_train,
                            progress_info())
             logger.write(updates)
-    except KeyboardInterrupt:  # a stop, not a failure: save, and report a failing save
-        print(f"interrupted at update {updates}: saving a checkpoint", file=sys.stderr)
-        raise
-    except BaseException as e:
-        error = e
-        raise
-    finally:  # the weights are saved only from a completed, good update (common/health.py)
-        close_all([save if may_save(health, error) else None, lambda: logger.write(updates),
-                   logger.close, progress.close], error)
 
 
 def plateaued(windows: list[float], tolerance: float) -> bool:
