@@ -100,9 +100,8 @@ def main(argv=None) -> None:
         parallel.close(wait=finished)
 
 
-def run(config, device) -> None:
-    ranks, main_rank = parallel.world_size(), parallel.is_main()
-    B, T = parallel.batch_size(config), config.train.seq_len
+def check_sizes(config, ranks: int, B: int, T: int) -> None:
+    """Exit with one line when prefill or replay cannot hold what the updates sample."""
     if config.train.prefill < ranks * config.env.envs * T:
         fail(f"train.prefill ({config.train.prefill}) must be >= processes x env.envs x "
              f"train.seq_len ({ranks * config.env.envs * T}) so that every worker's stream holds "
@@ -110,6 +109,12 @@ def run(config, device) -> None:
     if config.replay.capacity < B * T:
         fail(f"replay.capacity ({config.replay.capacity}) must be >= train.batch_size x "
              f"train.seq_len ({B * T}) of this process: a batch could never be sampled")
+
+
+def run(config, device) -> None:
+    ranks, main_rank = parallel.world_size(), parallel.is_main()
+    B, T = parallel.batch_size(config), config.train.seq_len
+    check_sizes(config, ranks, B, T)
     if ranks > 1 and main_rank:
         print(f"data parallel: {ranks} processes x batch {B} = global batch {ranks * B}")
     check_memory(config, device, batch=B, ranks=ranks,  # before building anything
