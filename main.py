@@ -7,8 +7,8 @@ The loop, per iteration: act in the environments -> store the step in replay -> 
 model and the actor-critic (train_ratio replayed steps per env step) -> evaluate -> log -> checkpoint.
 Rerunning the same command resumes the run in the same logdir.
 
-Data parallel (common/dist.py): every rank runs this loop on its own env workers (own seed) and its
-own replay shard; updates average gradients over ranks. `step` counts env steps of all ranks.
+Data parallel (common/parallel.py): every rank runs this loop on its own env workers (own seed) and
+its own replay shard; updates average gradients over ranks. `step` counts env steps of all ranks.
 Only rank 0 evaluates and writes logs, videos and checkpoints; every rank resumes from it.
 
 Exit status: 0 done; 2 a user's mistake or a stopped run (one line on stderr: a bad value or file,
@@ -24,14 +24,15 @@ import numpy as np
 import torch
 
 from agent.agent import build_agent
-from agent.loop import Collector, evaluate, openloop_video
-from common import checkpoint, dist, interrupt
+from agent.experience import Collector, evaluate, openloop_video
+from common import checkpoint, interrupt, parallel
 from common.cli import fail, parse, prepare_logdir, storage_failure
 from common.config import ConfigError
 from common.console import Progress, online_header
-from common.health import Diverged, Health, close_all, may_save
+from common.health import Diverged, Health
 from common.logger import Logger
 from common.resources import check_memory
+from common.run import guarded, load_checkpoint, restore
 from common.schedule import Every, Ratio
 from envs import env_seed, parse_task
 from replay.buffer import ChunkMismatch
@@ -77,7 +78,7 @@ def main(argv=None) -> None:
         fail(str(e))
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = dist.init(pick_device(config.device))  # joins the process group under torchrun
+    device = parallel.init(pick_device(config.device))  # joins the process group under torchrun
     finished = False
     try:
         if config.mode == "offline":  # a memory benchmark: the world model alone, on its dataset
@@ -96,21 +97,11 @@ def main(argv=None) -> None:
             raise
         fail(message)
     finally:
-        dist.close(wait=finished)
+        parallel.close(wait=finished)
 
 
-def batch_size(config) -> int:
-    """Sequences per update of this rank: train.batch_size, or train.global_batch split evenly."""
-    ranks, total = dist.world_size(), config.train.global_batch
-    if total and total % ranks:
-        fail(f"train.global_batch ({total}) must be a multiple of the number of processes "
-             f"({ranks})")
-    return total // ranks if total else config.train.batch_size
-
-
-def run(config, device) -> None:
-    ranks, main_rank = dist.world_size(), dist.is_main()
-    B, T = batch_size(config), config.train.seq_len
+def check_sizes(config, ranks: int, B: int, T: int) -> None:
+    """Exit with one line when prefill or replay cannot hold what the updates sample."""
     if config.train.prefill < ranks * config.env.envs * T:
         fail(f"train.prefill ({config.train.prefill}) must be >= processes x env.envs x "
              f"train.seq_len ({ranks * config.env.envs * T}) so that every worker's stream holds "
@@ -118,48 +109,50 @@ def run(config, device) -> None:
     if config.replay.capacity < B * T:
         fail(f"replay.capacity ({config.replay.capacity}) must be >= train.batch_size x "
              f"train.seq_len ({B * T}) of this process: a batch could never be sampled")
+
+
+def run(config, device) -> None:
+    ranks, main_rank = parallel.world_size(), parallel.is_main()
+    B, T = parallel.batch_size(config), config.train.seq_len
+    check_sizes(config, ranks, B, T)
     if ranks > 1 and main_rank:
         print(f"data parallel: {ranks} processes x batch {B} = global batch {ranks * B}")
-    check_memory(config, device, batch=B, ranks=ranks)  # before building anything
+    check_memory(config, device, batch=B, ranks=ranks,  # before building anything
+                 build=lambda dev: build_agent(config, 1, True, dev))
     logdir = prepare_logdir(config, write=main_rank)  # after every check: nothing written before
     checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
-    try:
-        ckpt = checkpoint.load(logdir / "checkpoint.pt", FIELDS)
-    except RuntimeError as e:
-        fail(str(e))
+    ckpt = load_checkpoint(logdir, FIELDS)
     step = int(ckpt["step"]) if ckpt is not None else 0
     # Rank r > 0 has its own seed; its RNG states are not in the checkpoint (only rank 0's are),
     # so a resumed rank r > 0 re-derives them from the step it resumes at.
-    seed = dist.rank_seed(config.seed)
+    seed = parallel.rank_seed(config.seed)
     if ckpt is not None and not main_rank:
         seed = env_seed(seed, step)
     # env workers + replay (loads what is on disk: <logdir>/replay, rank r > 0 replay/rank<r>)
     try:  # an observation choice (wm.cnn_keys / wm.mlp_keys) the task lacks fails in one line
-        collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=dist.rank())
+        collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=parallel.rank())
     except ConfigError as e:
         fail(str(e))
     agent = build_agent(config, collector.act_dim, collector.discrete, device, collector.spaces)
     logger = Logger(logdir, enabled=main_rank, resume_step=step)
     updates, ratio_done, pretrain, start = 0, 0, config.train.pretrain, "a new run"
     if ckpt is not None:
-        try:
+        def apply():
             agent.restore(ckpt["agent"])
             if main_rank:
                 checkpoint.set_rng_state(ckpt["rng"])
                 collector.sampler_state(ckpt["sampler"])
-            updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
-            fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
-                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
-                 f"away to start afresh")
+        restore(logdir, apply)
+        updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
         pretrain = 0
-        start = (f"{f'rank {dist.rank()}: ' if ranks > 1 else ''}resuming {logdir} at step {step} "
+        who = f"rank {parallel.rank()}: " if ranks > 1 else ""
+        start = (f"{who}resuming {logdir} at step {step} "
                  f"({updates} updates, {len(collector.replay)} steps in replay)")
         if not main_rank:
             print(start)  # rank 0 says it in the header
     if not main_rank:
         checkpoint.seed_everything(seed)  # this rank's own sampling noise from here on
-    dist.broadcast_module(agent)  # rank 0's weights everywhere (and a barrier before any save)
+    parallel.broadcast_module(agent)  # rank 0's weights everywhere (and a barrier before any save)
 
     def save():
         collector.replay.flush()  # every rank flushes its own shard
@@ -174,14 +167,18 @@ def run(config, device) -> None:
     should_video = Every(config.run.video_every, step)
     should_save = Every(config.run.checkpoint_every, step)
     ratio = Ratio(config.train.train_ratio, ranks * B * T, ratio_done)  # replayed by all ranks
-    prefill, ready, error = config.train.prefill, False, None
+    prefill, ready = config.train.prefill, False
     health = Health(config.run.nan_patience, logdir)  # when the weights may be saved
     carried, timer = None, {"t": time.time(), "step": step, "updates": updates}
     if main_rank:
         print(online_header(config, agent, device, logdir, start, ratio.per_step), flush=True)
     progress = Progress(config.steps, step, unit="step", updates_per_unit=ratio.per_step,
                         eval_every=config.run.eval_every, enabled=config.run.progress and main_rank)
-    try:
+    # what was collected is never lost, even when stopping on NaN; the weights are saved only
+    # from a completed, good update (common/health.py)
+    with guarded(lambda: f"step {step}", health, save, before=[collector.replay.flush],
+                 after=[collector.close, lambda: logger.write(step), logger.close,
+                        progress.close]):
         while step < config.steps:
             interrupt.check()
             # 1. collect: one step in every env worker of every rank (random policy until prefill)
@@ -194,12 +191,12 @@ def run(config, device) -> None:
 
             # 2. update world model + actor-critic, train_ratio replayed steps per env step
             # (every rank must hold a batch, else a rank would wait alone in the update)
-            ready = ready or (step >= prefill and dist.all_true(len(collector.replay) >= B * T))
+            ready = ready or (step >= prefill and parallel.all_true(len(collector.replay) >= B * T))
             if ready:
                 due, pretrain = ratio(step - prefill) + pretrain, 0
                 for _ in range(due):
                     interrupt.check()
-                    batch, reset = collector.sample(B, T)
+                    batch, reset = collector.training_batch(B, T)
                     health.begin()  # from here until end(), no checkpoint may be written
                     metrics, carried, ok = agent.update(batch, carried, reset)
                     health.end(ok, step)  # stops the run after run.nan_patience in a row
@@ -226,7 +223,7 @@ def run(config, device) -> None:
 
             # 4. log and checkpoint
             if should_log(step):
-                logger.pool(dist.gather_lists)  # every rank's episodes and losses
+                logger.pool(parallel.gather_lists)  # every rank's episodes and losses
                 now = time.time()
                 logger.scalar("fps/env", (step - timer["step"]) / (now - timer["t"]))
                 logger.scalar("fps/updates", (updates - timer["updates"]) / (now - timer["t"]))
@@ -238,19 +235,6 @@ def run(config, device) -> None:
             if should_save(step) and health.saveable:  # never a bad one over a good one
                 save()
             progress.show(step, updates, "prefill" if step < prefill else "training")
-    except KeyboardInterrupt:  # a stop, not a failure: save, and report a failing save
-        print(f"interrupted at step {step}: saving a checkpoint", file=sys.stderr)
-        raise
-    except BaseException as e:
-        error = e
-        raise
-    finally:
-        # what was collected is never lost, even when stopping on NaN; the weights are saved only
-        # from a completed, good update (common/health.py)
-        close_all([collector.replay.flush, save if may_save(health, error) else None,
-                   collector.close, lambda: logger.write(step), logger.close,
-                   progress.close], error)
-
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from agent.returns import ReturnNorm, lambda_returns, trajectory_weight
-from common.dists import TwoHot, sample_onehot, twohot_bins, unimix_logits
+from common.distributions import TwoHot, sample_onehot, twohot_bins, unimix_logits
 from world_models.nets import MLP
 
 
@@ -139,7 +139,7 @@ class ActorCritic(nn.Module):
                                    self.gamma, self.lam)  # (N, H)
         ret = ret_actor.detach()
         weight = trajectory_weight(cont.detach(), self.gamma, start_cont)  # (N, H)
-        self.retnorm.update(ret)  # skips non-finite batches; percentiles over all ranks' returns
+        self.retnorm.track(ret)  # skips non-finite batches; percentiles over all ranks' returns
         scale = self.retnorm.scale()
 
         policy = self._dist(torch.stack(outs, 1))  # (N, H) over states 0..H-1

@@ -4,8 +4,8 @@
 world-model loss -> world-model step, then actor-critic in imagination from the batch's posterior
 states. Only `build_agent` reads the config.
 
-Data parallel (common/dist.py): every rank calls `update` on its own batch; gradients are averaged
-over ranks after each backward and before clipping, and every skip decision (non-finite loss) is
+Data parallel (common/parallel.py): every rank calls `update` on its own batch; gradients are
+averaged over ranks after each backward and before clipping, and every skip decision (non-finite loss) is
 agreed by all ranks, so parameters stay identical and no rank waits in a skipped collective.
 A step that blows the weights up raises common.health.Diverged (the run stops, checkpoint kept).
 """
@@ -16,21 +16,11 @@ import torch
 from torch.profiler import record_function
 
 from agent.actor_critic import ActorCritic
-from common import dist
+from common import parallel
 from common.health import check_growth, optimizer_step
 from common.tree import detach, where_reset
+from replay import to_torch
 from world_models import build_world_model
-
-
-def to_torch(batch: dict, device) -> dict:
-    """Replay batch (numpy, (B, T, ...)) -> tensors; images stay uint8, flags bool, rest float32."""
-    out = {}
-    for key, value in batch.items():
-        t = torch.as_tensor(np.asarray(value))
-        if t.dtype == torch.float64:
-            t = t.float()
-        out[key] = t.to(device, non_blocking=True)
-    return out
 
 
 class Agent(torch.nn.Module):
@@ -83,7 +73,7 @@ class Agent(torch.nn.Module):
                                 self.wm.initial_state(B), state)
         positions = torch.arange(self.start_stride - 1, T, self.start_stride, device=self.device)
         wm_loss, metrics, _, new_state, starts = self.wm.loss(data, state, positions)
-        if not dist.all_true(torch.isfinite(wm_loss)):
+        if not parallel.all_true(torch.isfinite(wm_loss)):
             return {}, None, False
         steps = []  # (network, its weight norms before/after the step): checked at the next sync
         with record_function("wm/backward_step"):
@@ -96,7 +86,7 @@ class Agent(torch.nn.Module):
         start = detach(starts)
         start_cont = 1.0 - data["is_terminal"][:, positions].reshape(-1).float()  # (B*K,)
         actor_loss, critic_loss, ac_metrics = self.ac.loss(self.wm, start, start_cont)
-        if not dist.all_true(torch.isfinite(actor_loss) & torch.isfinite(critic_loss)):
+        if not parallel.all_true(torch.isfinite(actor_loss) & torch.isfinite(critic_loss)):
             self._check_growth(steps)
             return {}, None, False  # the world model stepped; the actor-critic is left as it was
         with record_function("ac/backward_step"):

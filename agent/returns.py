@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from common import dist
+from common import parallel
 
 
 def lambda_returns(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor,
@@ -50,10 +50,10 @@ class ReturnNorm(torch.nn.Module):
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def update(self, returns: torch.Tensor) -> None:
+    def track(self, returns: torch.Tensor) -> None:
         """Fold in a batch of returns (any shape); a batch with a non-finite return (on any rank)
         is ignored, so one bad batch can not poison the running range."""
-        flat = dist.all_gather_cat(returns.detach().float().flatten())  # (ranks * numel,)
+        flat = parallel.all_gather_cat(returns.detach().float().flatten())  # (ranks * numel,)
         if not torch.isfinite(flat).all():
             return
         q = torch.quantile(flat, torch.tensor([0.05, 0.95], device=flat.device))

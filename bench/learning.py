@@ -139,7 +139,7 @@ def random_return(task: str, episodes: int, seed: int, env_kw: dict) -> float:
 
 
 def env_kwargs_for(configs, task: str) -> dict:
-    from agent.loop import env_kwargs
+    from agent.experience import env_kwargs
     from common.config import load_blocks, merge
     return env_kwargs(merge(load_blocks(), list(configs), {"task": task}))
 

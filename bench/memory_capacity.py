@@ -189,7 +189,7 @@ def train_cell(config, gap: int, args, scratch: pathlib.Path, device) -> dict:
             "acc_inference": final["acc_inference"], "acc_imagination": final["acc_imagination"],
             "gradient_horizon": gradient_horizon(config), "history": history,
             "config": {k: v for k, v in config.flat().items()
-                       if k.split(".")[0] in ("wm", "s4", "s5", "rssm", "tssm", "train", "env")}}
+                       if k.split(".")[0] in ("wm", *BACKBONES, "train", "env")}}
 
 
 def gradient_horizon(config) -> str:

@@ -61,28 +61,28 @@ def random_batch(B: int, T: int, act_dim: int, seed: int) -> dict:
 
 def bench_updates(argv: list[str], updates: int) -> None:
     from agent.agent import build_agent
-    from common import checkpoint, dist
+    from common import checkpoint, parallel
     from common.cli import parse
-    from main import batch_size
     config = parse(argv, prog="python -m bench.scale updates")
     torch.set_num_threads(config.threads or 1)
-    device = dist.init(torch.device("cpu"))
+    device = parallel.init(torch.device("cpu"))
     try:
         checkpoint.seed_everything(config.seed)
         agent = build_agent(config, act_dim=4, discrete=True, device=device)
-        B, T = batch_size(config), config.train.seq_len  # per rank (train.global_batch split)
-        batches = [random_batch(B, T, 4, seed=dist.rank_seed(config.seed) + i) for i in range(4)]
+        B, T = parallel.batch_size(config), config.train.seq_len  # per rank (train.global_batch split)
+        seed = parallel.rank_seed(config.seed)
+        batches = [random_batch(B, T, 4, seed=seed + i) for i in range(4)]
         agent.update(batches[0])  # warm-up
         start = time.perf_counter()
         for i in range(updates):
             agent.update(batches[i % 4])
         elapsed = time.perf_counter() - start
-        if dist.is_main():
-            ranks = dist.world_size()
+        if parallel.is_main():
+            ranks = parallel.world_size()
             print(f"{ranks} process(es), per-rank batch {B}x{T}: {updates / elapsed:.2f} updates/s, "
                   f"{ranks * B * updates / elapsed:.1f} sequences/s over all ranks", flush=True)
     finally:
-        dist.close()
+        parallel.close()
 
 
 def main(argv=None) -> None:

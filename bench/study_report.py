@@ -209,7 +209,7 @@ def pyplot():
 
 def machine_line() -> str:
     import torch
-    from bench.backbones import machine
+    from common.machine import machine
     info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
     return f"Machine: {where}; commit {info['commit']}; {time.strftime('%Y-%m-%d')}"

@@ -25,15 +25,22 @@ CONFIG_FILE = pathlib.Path(__file__).resolve().parent.parent / "configs.yaml"
 
 
 # Keys whose value must be one of a fixed set of words (checked at merge time, one-line errors).
+# `backbone` is registered by the registry that owns its words (world_models.BACKBONES).
 CHOICES = {
-    "backbone": ["s4wm", "s5wm", "rssm", "tssm"],
     "mode": ["online", "offline"],
     "wm.latent": ["categorical", "gaussian"],
     "ac.actor_grad": ["reinforce", "straight_through"],
-    "s4.init": ["lin", "inv"],
+    "s4wm.init": ["lin", "inv"],
     "memory.env": ["rooms", "distracting_memory", "multi_doors_keys", "memory_maze"],
     "memory.rooms": [2, 4, 10],
 }
+
+
+
+def register_choices(key: str, choices) -> None:
+    """Make `key` one of `choices` (a list, or a dict whose keys are the words, kept by reference:
+    a word added to the dict later is a choice too). A registry calls it for its own key."""
+    CHOICES[key] = choices
 
 
 # What each numeric key may be, by its meaning: an interval in the usual notation ('[1, inf)'
@@ -56,12 +63,12 @@ BOUNDS = {
     "wm.grad_clip": "(0, inf)",  # a norm: 0 stops learning, a negative one flips the gradient
     "loss.image": "[0, inf)", "loss.reward": "[0, inf)", "loss.cont": "[0, inf)",
     "loss.dyn": "[0, inf)", "loss.rep": "[0, inf)", "loss.free_nats": "[0, inf)",
-    "s4.n_blocks": "[1, inf)", "s4.d_state": "[2, inf) even",  # N/2 complex conjugate pairs
-    "s4.dt_min": "(0, inf)", "s4.dt_max": "(0, inf)", "s4.mlp_ratio": "[1, inf)",
-    "s4.dropout": "[0, 1)",
-    "s5.n_blocks": "[1, inf)", "s5.d_state": "[2, inf) even",  # P/2 complex conjugate pairs
-    "s5.dt_min": "(0, inf)", "s5.dt_max": "(0, inf)", "s5.mlp_ratio": "[1, inf)",
-    "s5.dropout": "[0, 1)",
+    "s4wm.n_blocks": "[1, inf)", "s4wm.d_state": "[2, inf) even",  # N/2 complex conjugate pairs
+    "s4wm.dt_min": "(0, inf)", "s4wm.dt_max": "(0, inf)", "s4wm.mlp_ratio": "[1, inf)",
+    "s4wm.dropout": "[0, 1)",
+    "s5wm.n_blocks": "[1, inf)", "s5wm.d_state": "[2, inf) even",  # P/2 complex conjugate pairs
+    "s5wm.dt_min": "(0, inf)", "s5wm.dt_max": "(0, inf)", "s5wm.mlp_ratio": "[1, inf)",
+    "s5wm.dropout": "[0, 1)",
     "rssm.tbtt_length": "[1, inf)",
     "tssm.n_layers": "[1, inf)", "tssm.n_heads": "[1, inf)", "tssm.mem_len": "[1, inf)",
     "tssm.ff_ratio": "[1, inf)", "tssm.dropout": "[0, 1)",
@@ -92,8 +99,8 @@ RELATIONS = [
      "must be <= train.seq_len ({other}): no imagination start otherwise", None),
     ("tssm.n_heads", "wm.d_model", lambda h, d: d % h == 0,
      "must divide wm.d_model ({other}) into equal heads", lambda f: f.get("backbone") == "tssm"),
-    ("s4.dt_min", "s4.dt_max", lambda lo, hi: lo <= hi, "must be <= s4.dt_max ({other})", None),
-    ("s5.dt_min", "s5.dt_max", lambda lo, hi: lo <= hi, "must be <= s5.dt_max ({other})", None),
+    ("s4wm.dt_min", "s4wm.dt_max", lambda lo, hi: lo <= hi, "must be <= s4wm.dt_max ({other})", None),
+    ("s5wm.dt_min", "s5wm.dt_max", lambda lo, hi: lo <= hi, "must be <= s5wm.dt_max ({other})", None),
     ("wm.weight_decay", "wm.lr", lambda wd, lr: lr * wd < 1,
      "must be < 1 / wm.lr ({other}): AdamW multiplies each weight by 1 - lr x weight_decay", None),
     ("offline.query_observe", "memory.query", lambda o, q: o < q,
@@ -422,6 +429,7 @@ def check_resume(saved: dict, config: Config, path) -> None:
     """A rerun in an existing logdir must use the same config (steps may grow to continue longer).
     saved: read_saved(<logdir>/config.yaml)."""
     now = config.flat()
+    saved = {_renamed(key): value for key, value in saved.items()}
     # Settings that do not change what the run computes may differ on resume.
     allowed = {"steps", "logdir", "device", "threads", "memory.workers", "offline.updates",
                "offline.eval_every", "offline.eval_batch", "offline.log_every",
@@ -441,3 +449,14 @@ def check_resume(saved: dict, config: Config, path) -> None:
         raise ConfigError(
             f"logdir {path} holds a run with {key}={saved.get(key)!r} but this command gives "
             f"{key}={now.get(key)!r}: use another --logdir or the same settings to resume")
+
+
+# Config sections renamed since runs were saved: old prefix -> new (a saved run still resumes).
+RENAMED = {"s4.": "s4wm.", "s5.": "s5wm."}
+
+
+def _renamed(key: str) -> str:
+    for old, new in RENAMED.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key

@@ -18,7 +18,7 @@ import sys
 
 import torch
 
-from common import dist
+from common import parallel
 from common.cli import fail
 
 # the key to lower when a network diverges
@@ -58,7 +58,7 @@ def optimizer_step(opt, params: list, clip: float):
     """Average the gradients over ranks, clip them, and step when their norm is finite (else the
     weights stay untouched). Returns (gradient norm, weight norms (before, after) or None when
     skipped), as device tensors: the caller checks them with `check_growth` at its next sync."""
-    dist.average_gradients(params)
+    parallel.average_gradients(params)
     norm = torch.nn.utils.clip_grad_norm_(params, clip)
     if not torch.isfinite(norm):
         return norm.detach(), None

@@ -54,7 +54,7 @@ class Logger:
             self.scalar(prefix + key, value)
 
     def pool(self, gather) -> None:
-        """Replace what was accumulated by `gather(accumulated)`, e.g. common.dist.gather_lists:
+        """Replace what was accumulated by `gather(accumulated)`, e.g. common.parallel.gather_lists:
         then rank 0 logs the episodes and losses of every rank."""
         self._scalars = gather(self._scalars)
 

@@ -29,21 +29,16 @@ def ram_bytes() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def parameter_count(config, act_dim: int = 1) -> int:
-    """Weights of the model `config` describes (the agent online, the world model offline),
-    counted without allocating them. act_dim only sizes a few input rows: 1 is close enough.
-    The model is built for one 64x64 image observation; where the config's observation keys
-    (wm.cnn_keys / wm.mlp_keys) pick vectors only, the env's spaces are not known yet: 0 (vector
-    models are small; the env's own check of the keys comes when it is built)."""
+def parameter_count(build) -> int:
+    """Weights of the model `build()` returns (the agent online, the world model offline), counted
+    without allocating them: it runs on the meta device. The caller builds it for one 64x64 image
+    observation and act_dim 1 (a few input rows: close enough); where the config's observation
+    keys (wm.cnn_keys / wm.mlp_keys) pick vectors only, the env's spaces are not known yet: 0
+    (vector models are small; the env's own check of the keys comes when it is built)."""
     from common.config import ConfigError
     try:
         with torch.device("meta"):
-            if config.mode == "offline":
-                from world_models import build_world_model
-                model = build_world_model(config, act_dim)
-            else:
-                from agent.agent import build_agent
-                model = build_agent(config, act_dim, True, torch.device("meta"))
+            model = build(torch.device("meta"))
     except ConfigError:
         return 0
     return sum(p.numel() for p in model.parameters())
@@ -55,8 +50,9 @@ def replay_steps(config, ranks: int = 1) -> int:
     return max(1, min(config.replay.capacity, math.ceil(config.steps / ranks)))
 
 
-def estimate(config, batch: int, ranks: int = 1) -> dict[str, float]:
-    """Bytes this process needs at least: {'replay' or 'dataset', 'model', 'batch'}."""
+def estimate(config, batch: int, ranks: int, build) -> dict[str, float]:
+    """Bytes this process needs at least: {'replay' or 'dataset', 'model', 'batch'}; build(device)
+    builds the model (see parameter_count)."""
     S, m = config.env.image_size, config.memory
     frame = 3 * S * S
     stages = 2 * (S // 2) ** 2 * config.wm.cnn_depth  # first encoder + last decoder stage
@@ -71,7 +67,7 @@ def estimate(config, batch: int, ranks: int = 1) -> dict[str, float]:
     else:
         held = {"replay": float(replay_steps(config, ranks)) * (frame + 64)}
         activations = float(batch) * config.train.seq_len * per_frame
-    return {**held, "model": 16.0 * parameter_count(config), "batch": activations}
+    return {**held, "model": 16.0 * parameter_count(build), "batch": activations}
 
 
 LOWER = {"replay": "replay.capacity", "dataset": "memory.episodes or memory.context/query",
@@ -83,9 +79,10 @@ def _gb(n: float) -> str:
     return f"{n / GB:.0f} GB" if n >= 10 * GB else f"{n / GB:.2g} GB"
 
 
-def check_memory(config, device, batch: int, ranks: int = 1) -> None:
-    """Exit with one line when the estimate exceeds this machine's memory."""
-    need = estimate(config, batch, ranks)
+def check_memory(config, device, batch: int, build, ranks: int = 1) -> None:
+    """Exit with one line when the estimate exceeds this machine's memory. build(device): the
+    model of this run (the agent online, the world model offline), see parameter_count."""
+    need = estimate(config, batch, ranks, build)
     places = [("memory", ram_bytes(), list(need))]
     if torch.device(device).type == "cuda":
         gpu = torch.cuda.get_device_properties(torch.device(device)).total_memory

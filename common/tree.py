@@ -5,7 +5,8 @@ import torch
 
 
 def tree_map(fn, tree):
-    """Apply fn to every tensor leaf of a nested dict/list/tuple; other leaves pass through."""
+    """Apply fn to every tensor leaf of a nested dict/list/tuple; other leaves (None, a core's
+    LazyStart: world_models/core.py) pass through."""
     if isinstance(tree, dict):
         return {k: tree_map(fn, v) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):

@@ -25,28 +25,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agent.agent import to_torch
-from common import interrupt
 from memory import metrics
-
-MODEL_KEYS = ("image", "action", "reward", "is_first", "is_last", "is_terminal")
-
+from memory.episodes import MODEL_KEYS, observe
+from memory.probe import cue_scores, evaluate_probes
+from replay import to_torch
 
 def to_uint8(pred: torch.Tensor) -> np.ndarray:
     """Decoder means in [-0.5, 0.5] units -> uint8 images."""
     return ((pred + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-
-
-@torch.no_grad()
-def observe(wm, data: dict, state: dict, chunk: int):
-    """Posterior pass over data (B, T, ...) in chunks. Returns (feat (B, T, F), final state)."""
-    feats, T = [], data["image"].shape[1]
-    for s in range(0, T, chunk):
-        interrupt.check()  # a Ctrl-C / SIGTERM during evaluation stops within a chunk
-        part = {k: v[:, s:s + chunk] for k, v in data.items()}
-        out, state, _ = wm.observe(wm.encoder(part["image"]), part["action"], part["is_first"], state)
-        feats.append(wm.feat(out))
-    return torch.cat(feats, 1), state
 
 
 @torch.no_grad()
@@ -143,14 +129,12 @@ def evaluate(wm, episodes: list[dict], env: str, *, query_observe: int, batch: i
         if env == "distracting_memory":
             summary, curves, video = evaluate_rewards(wm, episodes, chunk=chunk, device=device)
             if probe_train:
-                from memory.probe import cue_scores  # imports this module
                 summary.update(cue_scores(wm, probe_train, episodes, batch=batch, chunk=chunk,
                                           device=device, updates=probe_updates, seed=seed))
             return summary, curves, video
         summary, curves, video = evaluate_frames(wm, episodes, query_observe=query_observe, batch=batch,
                                                  chunk=chunk, device=device, revisit=teleport)
         if env == "memory_maze":
-            from memory.probe import evaluate_probes  # imports this module
             if not probe_train:
                 raise ValueError("memory maze evaluation needs training episodes for the probes")
             more, probe_curves = evaluate_probes(wm, probe_train, episodes, batch=batch, chunk=chunk,

@@ -48,11 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from agent.agent import to_torch
 from common import interrupt
 from envs.gridmemory import COLOURS
-from memory.evaluate import MODEL_KEYS, observe
+from memory.episodes import MODEL_KEYS, observe
 from memory.metrics import decision_step
+from replay import to_torch
 
 MAX_ROWS = 50_000  # training frames kept for fitting a probe
 LOCAL = 2  # memory maze: the agent-centred layout probe covers (2 LOCAL + 1)^2 cells

@@ -206,7 +206,7 @@ def main(argv=None) -> None:
     write_mp4(out / "imagination.mp4", frames, args.fps)
     Image.fromarray(still(frames)).save(out / "imagination.png")
     import torch
-    from bench.backbones import machine
+    from common.machine import machine
     info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
     lines = [f"# Memory benchmark: {name}", "",

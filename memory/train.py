@@ -27,8 +27,8 @@
    (Ctrl-C included), only from a completed, finite update (common/health.py); rerunning the
    same command resumes. Rows are drawn from (seed, update index,
    rank), so a resumed run sees the same rows as an uninterrupted one.
-Data parallel under torchrun (common/dist.py): rank 0 makes the dataset, every rank draws its rows
-from its own contiguous slice of the training episodes (dist.shard), gradients are averaged before
+Data parallel under torchrun (common/parallel.py): rank 0 makes the dataset, every rank draws its rows
+from its own contiguous slice of the training episodes (parallel.shard), gradients are averaged before
 clipping and the step; only rank 0 evaluates and writes logs, videos and checkpoints.
 """
 from __future__ import annotations
@@ -36,27 +36,27 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-from agent.agent import to_torch
-from common import checkpoint, dist, interrupt
+from common import checkpoint, interrupt, parallel
 from common.cli import fail, prepare_logdir
 from common.config import ConfigError
 from common.console import Progress, offline_header
-from common.health import Health, check_growth, close_all, may_save, optimizer_step
+from common.health import Health, check_growth, optimizer_step
 from common.logger import Logger, openloop_grid
 from common.resources import check_memory
+from common.run import guarded, load_checkpoint, restore
 from common.tree import detach
 from memory import evaluate as evaluation
 from memory.collect import Spec, collect, dataset_folder, episode_path
+from memory.episodes import MODEL_KEYS
+from replay import to_torch
 from replay.storage import read_chunk
 from world_models import build_world_model
 
-MODEL_KEYS = evaluation.MODEL_KEYS
 FIELDS = {"trainer": dict, "updates": int, "rng": dict}  # what a checkpoint holds (checked)
 
 
@@ -106,7 +106,7 @@ class Trainer:
         for s in range(0, W, chunk):
             data = to_torch({k: v[:, s:s + chunk] for k, v in rows.items()}, self.device)
             loss, metrics, _, state, _ = self.wm.loss(data, state)
-            if not dist.all_true(torch.isfinite(loss)):  # every rank skips, or none
+            if not parallel.all_true(torch.isfinite(loss)):  # every rank skips, or none
                 return {}, False
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -162,7 +162,7 @@ def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: L
 
 def run(config, name: str, device) -> None:
     """The offline loop (module docstring); `name` is the default run name."""
-    main_rank = dist.is_main()
+    main_rank = parallel.is_main()
     o, B = config.offline, config.train.batch_size
     if o.test_episodes >= config.memory.episodes:  # training only: collection alone may take fewer
         fail(f"config key 'offline.test_episodes' ({o.test_episodes}) must be < memory.episodes "
@@ -170,7 +170,8 @@ def run(config, name: str, device) -> None:
     if config.memory.env == "memory_maze" and o.probe_episodes < 1:
         fail("memory maze evaluation fits its probes on training episodes: offline.probe_episodes "
              f"must be >= 1, got {o.probe_episodes}")
-    check_memory(config, device, batch=B)  # before anything is built or written
+    check_memory(config, device, batch=B,  # before anything is built or written
+                 build=lambda dev: build_world_model(config, 1))
     logdir = prepare_logdir(config, name, write=main_rank)
     checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     folder = dataset_folder(config)
@@ -179,46 +180,40 @@ def run(config, name: str, device) -> None:
             stats = collect(config)  # writes only what is missing; checks the folder's settings
             if stats["written"]:
                 print(f"{folder}: wrote {stats['written']} episodes in {stats['seconds']:.0f} s")
-        dist.all_true(True)  # the other ranks wait for the dataset
+        parallel.all_true(True)  # the other ranks wait for the dataset
         train, test = load_episodes(folder, config.memory.episodes, o.test_episodes)
         probe_train = train[:o.probe_episodes]  # before sharding: the same on any world size
-        if dist.world_size() > 1:
-            train = list(dist.shard(train))  # this rank's slice
+        if parallel.world_size() > 1:
+            train = list(parallel.shard(train))  # this rank's slice
     except ConfigError as e:
         fail(str(e))
     window = o.window or max(len(e["is_first"]) for e in train)
     trainer = Trainer(config, train[0]["action"].shape[-1], device)
-    try:
-        ckpt = checkpoint.load(logdir / "checkpoint.pt", FIELDS)
-    except RuntimeError as e:
-        fail(str(e))
+    ckpt = load_checkpoint(logdir, FIELDS)
     updates, seconds, windows, start = 0, 0.0, [], "a new run"
     if ckpt is not None:
-        try:
+        def apply():
             trainer.restore(ckpt["trainer"])
             if main_rank:
                 checkpoint.set_rng_state(ckpt["rng"])
-            updates = int(ckpt["updates"])
-            seconds = float(ckpt.get("seconds", 0.0))  # older checkpoints: not recorded
-            windows = [float(v) for v in ckpt.get("loss_windows", [])]
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
-            fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
-                 f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
-                 f"away to start afresh")
+        restore(logdir, apply)
+        updates = int(ckpt["updates"])
+        seconds = float(ckpt.get("seconds", 0.0))  # older checkpoints: not recorded
+        windows = [float(v) for v in ckpt.get("loss_windows", [])]
         start = f"resuming {logdir} at update {updates}"
         if not main_rank:
             print(start)  # rank 0 says it in the header
-    dist.broadcast_module(trainer.wm)  # rank 0's weights everywhere
+    parallel.broadcast_module(trainer.wm)  # rank 0's weights everywhere
     if not main_rank:
-        checkpoint.seed_everything(dist.rank_seed(config.seed) + updates)  # own sampling noise
-    print(f"{f'rank {dist.rank()}: ' if dist.world_size() > 1 else ''}offline training: "
+        checkpoint.seed_everything(parallel.rank_seed(config.seed) + updates)  # own sampling noise
+    print(f"{f'rank {parallel.rank()}: ' if parallel.world_size() > 1 else ''}offline training: "
           f"{len(train)} train / {len(test)} test episodes from {folder}, rows of {window} steps "
           f"{f'in chunks of {o.chunk}' if o.chunk else 'in one pass'}, {o.updates} updates")
     if main_rank:
         print(offline_header(config, trainer.wm, device, logdir, start,
                              Spec.from_config(config).name, folder, window), flush=True)
     logger, last_eval = Logger(logdir, enabled=main_rank, resume_step=updates), _last_eval(logdir)
-    health, error = Health(config.run.nan_patience, logdir, "update"), None
+    health = Health(config.run.nan_patience, logdir, "update")
 
     def save():
         if not main_rank:
@@ -238,10 +233,12 @@ def run(config, name: str, device) -> None:
     started, loss_sum = time.time(), [0.0, 0]  # training time of this call; loss sum, count
     if plateaued(windows, o.plateau):
         print(f"the training loss had flattened at update {updates}: no more updates")
-    try:
+    # the weights are saved only from a completed, good update (common/health.py)
+    with guarded(lambda: f"update {updates}", health, save,
+                 after=[lambda: logger.write(updates), logger.close, progress.close]):
         while updates < o.updates and not plateaued(windows, o.plateau):
             interrupt.check()  # a Ctrl-C / SIGTERM stops here and saves (common/interrupt.py)
-            rows = draw_rows(train, np.random.default_rng([config.seed, updates, dist.rank()]), B, window)
+            rows = draw_rows(train, np.random.default_rng([config.seed, updates, parallel.rank()]), B, window)
             health.begin()  # from here until end(), no checkpoint may be written
             metrics, ok = trainer.update(rows)
             updates += 1
@@ -279,15 +276,6 @@ def run(config, name: str, device) -> None:
             run_evaluation(config, trainer, test, logdir, logger, updates, probe_train,
                            progress_info())
             logger.write(updates)
-    except KeyboardInterrupt:  # a stop, not a failure: save, and report a failing save
-        print(f"interrupted at update {updates}: saving a checkpoint", file=sys.stderr)
-        raise
-    except BaseException as e:
-        error = e
-        raise
-    finally:  # the weights are saved only from a completed, good update (common/health.py)
-        close_all([save if may_save(health, error) else None, lambda: logger.write(updates),
-                   logger.close, progress.close], error)
 
 
 def plateaued(windows: list[float], tolerance: float) -> bool:

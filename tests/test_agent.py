@@ -121,7 +121,7 @@ def plain_ac_loss(ac, wm, start, start_cont):
                                ac.lam)
     ret = ret_actor.detach()
     weight = trajectory_weight(cont.detach(), ac.gamma, start_cont)
-    ac.retnorm.update(ret)
+    ac.retnorm.track(ret)
     scale = ac.retnorm.scale()
     policy = ac.policy(feat[:, :-1].detach())
     entropy = policy.entropy()
@@ -160,7 +160,7 @@ def test_actor_critic_loss_equals_plain_computation(backbone, discrete, grad):
     for fn in (lambda ac: ac.loss(wm, start, start_cont)[:2],
                lambda ac: plain_ac_loss(ac, wm, start, start_cont)):
         ac = copy.deepcopy(agent.ac)  # each its own return normaliser
-        ac.retnorm.update(torch.linspace(0, 3, 20))
+        ac.retnorm.track(torch.linspace(0, 3, 20))
         torch.manual_seed(1)
         actor_loss, critic_loss = fn(ac)
         grads = [torch.autograd.grad(loss, list(net.parameters()), retain_graph=True)

@@ -2,7 +2,7 @@
 every backbone and the table, JSON and plot are written. Timings themselves are not checked."""
 import json
 
-from bench import backbones
+from bench import backbones, timing
 from world_models import BACKBONES
 
 TOY = ["--size", "debug", "--batch", "2", "--imag-batches", "2", "--horizons", "3",
@@ -37,7 +37,7 @@ def test_a_case_runs_in_its_own_process_and_is_profiled(tmp_path):
     assert record["kind"] == "seq" and record["length"] == 8 and record["peak_mb"] > 0
     assert record["profile"] and (tmp_path / "profile_seq_rssm.txt").exists()
     # the agent update is split into its record_function phases, each of them seen
-    assert update["kind"] == "agent" and set(update["phases"]) == set(backbones.PHASES)
+    assert update["kind"] == "agent" and set(update["phases"]) == set(timing.PHASES)
     assert all(t > 0 for t in update["phases"].values())
     table = (tmp_path / "bench.md").read_text()
     assert "### Top ops by self time" in table and "### One Agent.update by phase" in table

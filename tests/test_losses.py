@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agent.returns import ReturnNorm, lambda_returns, trajectory_weight
-from common.dists import LatentSpace, TwoHot, symexp, symlog, twohot_bins, twohot_encode
+from common.distributions import LatentSpace, TwoHot, symexp, symlog, twohot_bins, twohot_encode
 from world_models import losses
 from world_models.nets import image_to_unit
 
@@ -112,7 +112,7 @@ def test_trajectory_weight():
 def test_nonfinite_returns_do_not_poison_the_normaliser():
     from agent.actor_critic import ActorCritic
     norm = ReturnNorm()
-    norm.update(torch.arange(101.0))
+    norm.track(torch.arange(101.0))
     ac = ActorCritic(feat_size=4, act_dim=2, discrete=True, units=8, layers=1, bins=5)
     ac.retnorm = norm
 
@@ -130,12 +130,12 @@ def test_nonfinite_returns_do_not_poison_the_normaliser():
 def test_return_norm_percentile_range():
     norm = ReturnNorm(decay=0.5, limit=1.0)
     x = torch.arange(101, dtype=torch.float32)  # 5th..95th percentile = 5..95, range 90
-    norm.update(x)
+    norm.track(x)
     assert norm.range.item() == pytest.approx(90.0)
-    norm.update(x * 0.0)  # range 0 -> EMA halves it
+    norm.track(x * 0.0)  # range 0 -> EMA halves it
     assert norm.range.item() == pytest.approx(45.0)
-    norm.update(torch.zeros(10)), norm.update(torch.zeros(10)), norm.update(torch.zeros(10))
-    norm.update(torch.zeros(10)), norm.update(torch.zeros(10)), norm.update(torch.zeros(10))
+    norm.track(torch.zeros(10)), norm.track(torch.zeros(10)), norm.track(torch.zeros(10))
+    norm.track(torch.zeros(10)), norm.track(torch.zeros(10)), norm.track(torch.zeros(10))
     assert norm.scale().item() == 1.0  # small returns are not amplified
 
 
@@ -143,7 +143,7 @@ def test_onehot_sampler_draws_the_inverse_cdf_class():
     """The binary search picks the class the plain inverse CDF picks from the same uniform draws
     ((cdf < u) counted per row), ties and zero-probability classes included; without a gradient
     the sample is the bare one-hot."""
-    from common.dists import sample_onehot
+    from common.distributions import sample_onehot
     probs = torch.rand(300, 32, 16) ** 4
     probs[:, :, 3] = 0.0  # a zero-probability class between others
     torch.manual_seed(1)
@@ -163,7 +163,7 @@ def test_latent_probs_equal_the_distribution_probs():
 
 
 def test_onehot_sampler_matches_probabilities_and_passes_gradients():
-    from common.dists import sample_onehot
+    from common.distributions import sample_onehot
     torch.manual_seed(0)
     probs = torch.tensor([0.1, 0.6, 0.0, 0.3]).expand(200_000, 4).clone().requires_grad_(True)
     z = sample_onehot(probs)

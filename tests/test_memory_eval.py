@@ -11,7 +11,7 @@ from common.config import load_blocks, merge
 from memory import evaluate as evaluation
 from memory import metrics
 from memory.train import draw_rows
-from world_models import build_world_model
+from world_models import BACKBONES, build_world_model
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ MDK = ["--memory.context", "12", "--memory.query", "12", "--memory.episodes", "5
        "--offline.test_episodes", "2", "--offline.eval_every", "2", "--offline.checkpoint_every", "2"]
 
 
-@pytest.mark.parametrize("backbone", ["s4wm", "s5wm", "rssm", "tssm"])
+@pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_offline_multi_doors_keys_end_to_end(tmp_path, backbone):
     args = ["--configs", "multi_doors_keys", "debug", backbone, "--memory.out",
             str(tmp_path / "data"), "--offline.updates", "2", *MDK]

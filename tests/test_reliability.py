@@ -56,8 +56,8 @@ def digest(folder) -> dict:
     (["--train.train_ratio", "nan"], "'train.train_ratio' must be a finite number"),
     (["--train.train_ratio", "inf"], "'train.train_ratio' must be a finite number"),
     (["--configs", "debug", "tssm", "--tssm.n_heads", "3"], "'tssm.n_heads' (3) must divide"),
-    (["--s4.d_state", "7"], "'s4.d_state' must be >= 2 and even, got 7"),
-    (["--s5.d_state", "9"], "'s5.d_state' must be >= 2 and even"),
+    (["--s4wm.d_state", "7"], "'s4wm.d_state' must be >= 2 and even, got 7"),
+    (["--s5wm.d_state", "9"], "'s5wm.d_state' must be >= 2 and even"),
     (["--env.action_repeat", "-2"], "'env.action_repeat' must be >= 0"),
     (["--env.time_limit", "-1"], "'env.time_limit' must be >= 0"),
     (["--env.image_size", "48"], "'env.image_size' must be >= 8 and a power of two"),
@@ -73,7 +73,7 @@ def digest(folder) -> dict:
     (["--ac.gamma", "1.5"], "'ac.gamma' must be in (0, 1]"),
     (["--wm.unimix", "1"], "'wm.unimix' must be in [0, 1)"),
     (["--seed", "-3"], "'seed' must be in [0, 4294967296)"),
-    (["--s4.dt_min", "0.5", "--s4.dt_max", "0.1"], "'s4.dt_min' (0.5) must be <= s4.dt_max"),
+    (["--s4wm.dt_min", "0.5", "--s4wm.dt_max", "0.1"], "'s4wm.dt_min' (0.5) must be <= s4wm.dt_max"),
     (["--wm.lr", "1e-4", "--wm.lr", "1e-3"], "'--wm.lr' is given twice"),
     (["--configs"], "--configs"),  # argparse's own errors are one line too
 ])
@@ -102,7 +102,7 @@ def test_run_level_checks_fail_before_anything_is_written(args, needle, capsys, 
 def test_a_replay_capacity_beyond_the_run_allocates_only_what_the_run_collects(tmp_path):
     """replay.capacity 1e11 (745 GB of ring indices) with a 300-step run: the ring holds the
     run's 300 steps (it used to allocate the capacity and die with a MemoryError traceback)."""
-    from agent.loop import Collector
+    from agent.experience import Collector
     config = parse([*DEBUG, "--replay.capacity", "100000000000", "--logdir", str(tmp_path)])
     collector = Collector(config, tmp_path)
     try:

@@ -7,17 +7,20 @@ off-by-one power of dA, a leak across a reset or a dropped initial state changes
 import pytest
 import torch
 
-from world_models import s4wm
-from world_models.s4wm import S4D, S4Core, S4DStart, _real_pairs, next_fast_len, segment_conv
+from world_models import s4d_rollout
+from world_models.s4d import S4D, next_fast_len, segment_conv, segment_rows
+from world_models.s4d_rollout import S4DRollout, S4DStart, _real_pairs
+from world_models.s4wm import S4Core
 
 from tests.core_helpers import CPLX, TOL, assert_close, resets
 
 B, T, H, N = 3, 37, 8, 12
 
 
-def layer(dtype, init='lin'):
+def layer(dtype, init='lin', cls=S4DRollout):
+    """The layer S4Core uses (S4D with the fast path); cls=S4D: the plain layer."""
     torch.manual_seed(0)
-    return S4D(H, N, dt_min=0.05, dt_max=0.5, init=init).to(dtype)
+    return cls(H, N, dt_min=0.05, dt_max=0.5, init=init).to(dtype)
 
 
 def test_next_fast_len():
@@ -133,10 +136,10 @@ def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_re
     m, u, f, x0, pos = branch_inputs(x0_kind, inner_resets)
     if chunk_rows:  # budget for chunk_rows kernel rows of the (rows, n//2+1, H) spectrum
         n_reset = f.long().cumsum(1)
-        split = s4wm.segment_rows(n_reset - n_reset[:, :1])
+        split = segment_rows(n_reset - n_reset[:, :1])
         rows = B if split is None else len(split[0])
-        row_bytes = rows * (s4wm.next_fast_len(2 * T) // 2 + 1) * H * 16  # complex128
-        monkeypatch.setattr(s4wm, 'FREE_CHUNK_BYTES', chunk_rows * row_bytes)
+        row_bytes = rows * (next_fast_len(2 * T) // 2 + 1) * H * 16  # complex128
+        monkeypatch.setattr(s4d_rollout, 'FREE_CHUNK_BYTES', chunk_rows * row_bytes)
     _, _, start = m(u, f, x0, pos)
     assert isinstance(start, S4DStart) and start._states is None
     w_free = torch.randn(H, N, 16, dtype=torch.float64, requires_grad=True)
@@ -149,3 +152,16 @@ def test_lazy_start_free_response_equals_readout_of_its_states(x0_kind, inner_re
     probe = torch.randn_like(fast)
     g_fast, g_plain = (torch.autograd.grad((x * probe).sum(), w_free)[0] for x in (fast, plain))
     assert_close(g_fast, g_plain, 1e-9)
+
+
+def test_plain_layer_equals_the_fast_path_layer():
+    """S4D alone (no fast path) builds its start states as tensors at once; same parameters, the
+    same outputs, final state and start states as S4DRollout's (the lazy S4DStart built)."""
+    u, f = torch.randn(B, T, H, dtype=torch.float64), resets(B, T)
+    x0 = torch.randn(B, H, N // 2, dtype=torch.complex128)
+    pos = torch.tensor([0, 9, 20, T - 1])
+    plain, fast = layer(torch.float64, cls=S4D), layer(torch.float64)
+    y_p, xT_p, at_p = plain(u, f, x0, pos)
+    y_f, xT_f, at_f = fast(u, f, x0, pos)
+    assert isinstance(at_p, torch.Tensor) and isinstance(at_f, S4DStart)
+    assert torch.equal(y_p, y_f) and torch.equal(xT_p, xT_f) and torch.equal(at_p, at_f.states())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from world_models.tssm import TransformerXLCore, reference_forward, rel_shift
+from world_models.tssm import TransformerXLCore, forward_reference, rel_shift
 from tests.core_helpers import step_core
 
 B, D = 3, 16
@@ -88,7 +88,7 @@ def test_parallel_matches_reference_outputs_and_gradients(mem_len):
         return out.detach(), [g.grad.clone()] + [p.grad.clone() for p in core.parameters()]
 
     h_fast, gr_fast = grads(lambda: core(g, is_first, core.initial_state(B))[0])
-    h_ref, gr_ref = grads(lambda: reference_forward(core, g, is_first))
+    h_ref, gr_ref = grads(lambda: forward_reference(core, g, is_first))
     torch.testing.assert_close(h_fast, h_ref, rtol=0, atol=1e-10)
     for a, b in zip(gr_fast, gr_ref):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
@@ -99,7 +99,7 @@ def test_float32_matches_reference():
     g, is_first = inputs(20, dtype=torch.float32, resets=RESETS)
     with torch.no_grad():
         h, _ = run_chunks(core, g, is_first, chunk=7)
-        torch.testing.assert_close(h, reference_forward(core, g, is_first), rtol=0, atol=1e-4)
+        torch.testing.assert_close(h, forward_reference(core, g, is_first), rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("mem_len, chunk", [(32, 8), (5, 8), (5, 3), (6, 6)])
@@ -112,7 +112,7 @@ def test_chunked_with_memory_equals_one_pass(mem_len, chunk, resets):
         h_one, state_one, _ = core(g, is_first, core.initial_state(B))
         h_chunks, state_chunks = run_chunks(core, g, is_first, chunk)
         torch.testing.assert_close(h_chunks, h_one, rtol=0, atol=1e-10)
-        torch.testing.assert_close(h_one, reference_forward(core, g, is_first), rtol=0, atol=1e-10)
+        torch.testing.assert_close(h_one, forward_reference(core, g, is_first), rtol=0, atol=1e-10)
     assert_same_state(state_chunks, state_one)
 
 

@@ -1,9 +1,9 @@
 """World-model backbones behind one interface (world_models/base.py), picked by one config word.
 
-    backbone: s4wm | s5wm | rssm | tssm
+    backbone: s4wm | s5wm | rssm | tssm        (BACKBONES below)
 
 Only `build_world_model` (and `observation_keys`, which the collector shares) reads the config;
-every module receives its sizes as keyword arguments.
+every module receives its sizes as keyword arguments: the backbone its own config section.
 
 Observation keys (DreamerV3's convention): `wm.cnn_keys` and `wm.mlp_keys` are regular expressions
 matched against the whole key (re.fullmatch; '' matches no key). The CNN takes the one uint8
@@ -16,34 +16,22 @@ import re
 
 import numpy as np
 
-from common.config import ConfigError
-from common.dists import LatentSpace
+from common.config import ConfigError, register_choices
+from common.distributions import LatentSpace
 from world_models.base import LatentSSMWorldModel, WorldModel
+from world_models.rssm import RSSM
+from world_models.s4wm import S4Core
+from world_models.s5wm import S5Core
+from world_models.tssm import TransformerXLCore
 
 
-def _s4(c):
-    from world_models.s4wm import S4Core
-    return S4Core(d_model=c.wm.d_model, n_blocks=c.s4.n_blocks, d_state=c.s4.d_state,
-                  dt_min=c.s4.dt_min, dt_max=c.s4.dt_max, init=c.s4.init,
-                  mlp_ratio=c.s4.mlp_ratio, dropout=c.s4.dropout)
-
-
-def _s5(c):
-    from world_models.s5wm import S5Core
-    return S5Core(d_model=c.wm.d_model, n_blocks=c.s5.n_blocks, d_state=c.s5.d_state,
-                  dt_min=c.s5.dt_min, dt_max=c.s5.dt_max, mlp_ratio=c.s5.mlp_ratio,
-                  dropout=c.s5.dropout)
-
-
-def _tssm(c):
-    from world_models.tssm import TransformerXLCore
-    return TransformerXLCore(d_model=c.wm.d_model, n_layers=c.tssm.n_layers,
-                             n_heads=c.tssm.n_heads, mem_len=c.tssm.mem_len,
-                             ff_ratio=c.tssm.ff_ratio, dropout=c.tssm.dropout)
-
-
-# backbone word -> core builder (None: the backbone is a WorldModel subclass of its own).
-BACKBONES = {"s4wm": _s4, "s5wm": _s5, "tssm": _tssm, "rssm": None}
+# The registry: backbone word -> its class, either a SequenceCore (world_models/core.py; it runs
+# inside LatentSSMWorldModel) or a WorldModel of its own (RSSM). The config section of the same word
+# (`s4wm:`, `rssm:`, ...; none for a backbone without settings) holds the class's keyword arguments;
+# a core also gets d_model. Config validation (register_choices below), the benchmarks and the tests
+# read this dict: a backbone is one file, one line here and one section in configs.yaml.
+BACKBONES = {"s4wm": S4Core, "s5wm": S5Core, "rssm": RSSM, "tssm": TransformerXLCore}
+register_choices("backbone", BACKBONES)
 
 
 # Keys of a replay step that are not observations (replay/buffer.py), never model inputs.
@@ -95,7 +83,8 @@ def build_world_model(config, act_dim: int, channels: int = 3,
               cnn_depth=c.wm.cnn_depth, reward_bins=c.wm.reward_bins,
               scales=c.loss.to_dict(), image_size=image_shape[0], channels=image_shape[2],
               image_key=image_key, vectors=vectors)
-    if name == "rssm":
-        from world_models.rssm import RSSM
-        return RSSM(tbtt_length=c.rssm.tbtt_length, **kw)
-    return LatentSSMWorldModel(core=BACKBONES[name](c), **kw)
+    backbone = BACKBONES[name]
+    section = c.to_dict().get(name, {})  # the backbone's own keyword arguments
+    if issubclass(backbone, WorldModel):
+        return backbone(**section, **kw)
+    return LatentSSMWorldModel(core=backbone(d_model=c.wm.d_model, **section), **kw)

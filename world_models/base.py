@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from common.dists import LatentSpace, TwoHot, twohot_bins
+from common.distributions import LatentSpace, TwoHot, twohot_bins
 from world_models import losses
 from world_models.core import SequenceCore
 from world_models.nets import (MLP, ConvDecoder, ConvEncoder, VectorDecoder, VectorEncoder,

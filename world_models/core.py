@@ -9,12 +9,28 @@ Shapes (batch-major everywhere, see docs/shapes.md):
     is_first  (B, T)      bool    True where an episode starts: the state is reset to
                                    initial_state *before* g_t is consumed, so nothing crosses it
     h         (B, T, D)   float   outputs; h_t depends on g_{<=t} of the same episode only
-    state     pytree of tensors whose first dimension is B (dict / list / tuple)
+    state     pytree of tensors whose first dimension is B (dict / list / tuple); the start
+              states of imagination (forward's states_at) may also hold LazyStart leaves
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+class LazyStart:
+    """A leaf of imagination start states (SequenceCore.forward's states_at) that is not built yet:
+    it holds what the states are computed from, so a rollout that needs less than the states
+    themselves never builds them (S4WM: S4DStart in world_models/s4d_rollout.py). Only its own
+    core's step / rollout_begin / rollout_end read it; `states()` builds the (B*K, ...) tensor
+    once. It is detached (built under no_grad) and is not a tensor: the tree helpers of
+    common/tree.py pass it through unchanged, so index, move or save start states only after
+    `rollout_end` (or `states()`) has made them tensors."""
+
+    __slots__ = ()
+
+    def states(self) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class SequenceCore(nn.Module):
@@ -33,9 +49,9 @@ class SequenceCore(nn.Module):
         else the state *after* consuming g_t for each t in positions, as a pytree whose batch
         dimension is B*K ordered b-major (row b*K + k is batch b at positions[k]). These are the
         start states of imagination; they need not carry gradient (the agent detaches them), so a
-        core may compute them without building a graph. A leaf may be a lazy object that only this
-        core's step / rollout_begin / rollout_end read (S4WM: S4DStart, whose states are never
-        built when a rollout does not need them); `rollout_end(states_at)` gives plain tensors.
+        core may compute them without building a graph. A leaf may be a LazyStart (above) that only
+        this core's step / rollout_begin / rollout_end read (S4WM: S4DStart, whose states are
+        never built when a rollout does not need them); `rollout_end(states_at)` gives tensors.
         """
         raise NotImplementedError
 
@@ -53,7 +69,7 @@ class SequenceCore(nn.Module):
 
     def rollout_begin(self, state, params=None):
         """The state a rollout (imagination) steps from, which may take a faster form than the
-        stored state (S4: the convolution form, see S4D.rollout_begin). params: step_params() of
+        stored state (S4: the convolution form, see S4DRollout.rollout_begin). params: step_params() of
         the same rollout, or None. Identity by default."""
         return state
 

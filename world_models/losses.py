@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.dists import LatentSpace, TwoHot, symlog
+from common.distributions import LatentSpace, TwoHot, symlog
 
 
 def image_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from common.dists import symlog
+from common.distributions import symlog
 
 
 class MLP(nn.Module):

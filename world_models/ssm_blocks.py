@@ -10,7 +10,7 @@ An SSM layer used here implements (u (B, T, H) with H = d_model; `state` is one 
     forward(u, is_first, state, positions=None) -> (y (B, T, H), final_state, states_at or None)
         states_at: (B*K, ...) b-major, the state after consuming u_t for t in positions (K,);
         a layer may return it in a lazy form that only its step / rollout_begin / rollout_end
-        read (S4D: S4DStart; rollout_end gives the tensor)
+        read (S4DRollout: S4DStart, a core.LazyStart; rollout_end gives the tensor)
     step_params() -> parameter-only tensors that step needs (its discretisation), computed once
     step(u (B, H), state, is_first=None, params=None) -> (y (B, H), new_state)
 

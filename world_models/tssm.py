@@ -19,7 +19,7 @@ State (all tensors batch-first, see SequenceCore):
 
 Because attention is windowed, a chunk processed with the memory of the previous chunk equals one
 pass over the concatenated sequence, and `step` with the cache equals the parallel forward.
-`reference_forward` below is the slow explicit-mask version the tests compare against.
+`forward_reference` below is the slow explicit-mask version the tests compare against.
 """
 from __future__ import annotations
 
@@ -268,7 +268,7 @@ class TransformerXLCore(SequenceCore):
         return self.norm(x), new_state
 
 
-def reference_forward(core: TransformerXLCore, g: torch.Tensor, is_first: torch.Tensor):
+def forward_reference(core: TransformerXLCore, g: torch.Tensor, is_first: torch.Tensor):
     """Slow reference: full causal attention over a whole sequence (B, T, D) from an empty memory,
     with an explicit (T x T) window/episode mask and R_{i-j} looked up for every pair."""
     B, T, D = g.shape

@@ -14,6 +14,7 @@ import torch
 
 from common import interrupt
 from common.logger import openloop_grid
+from common.parallel import world_size
 from common.resources import replay_steps
 from envs import env_seed, make_vector_env
 from envs.spaces import OneHot
@@ -38,8 +39,8 @@ def replay_dir(logdir, rank: int = 0):
 class Collector:
     """Training env workers, the replay they fill, and episode statistics.
 
-    seed: this process's seed (config.seed; common.dist.rank_seed for rank r > 0 of a data-parallel
-    run); batch_size: sequences per update of this process; rank picks the replay folder."""
+    seed: this process's seed (config.seed; common.parallel.rank_seed for rank r > 0 of a
+    data-parallel run); batch_size: sequences per update of this process; rank picks the replay folder."""
 
     def __init__(self, config, logdir, start_step: int = 0, *, seed: int | None = None,
                  batch_size: int | None = None, rank: int = 0):
@@ -69,8 +70,7 @@ class Collector:
         spec.update({"action": ((self.act_dim,), np.float32), "reward": ((), np.float32),
                      **{k: ((), bool) for k in FLAGS}})
         # a chunk on disk with other keys or shapes (another run's) stops the run in one line
-        ranks = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        self.replay = Replay(str(replay_dir(logdir, rank)), replay_steps(config, ranks),
+        self.replay = Replay(str(replay_dir(logdir, rank)), replay_steps(config, world_size()),
                              chunk_len=config.replay.chunk, seed=seed, spec=spec)
         self.stream = StreamSampler(self.replay, batch_size or config.train.batch_size,
                                     config.train.seq_len, seed=seed + 1)
@@ -123,7 +123,7 @@ class Collector:
             step.update({k: bool(obs[k][i]) for k in FLAGS})
             self.replay.add(step, stream=i)
 
-    def sample(self, batch_size: int, seq_len: int):
+    def training_batch(self, batch_size: int, seq_len: int):
         """A training batch (numpy (B, T, ...)) and the rows whose carried state must reset."""
         if self.config.train.carry_state:
             return self.stream.sample()

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from common.cli import fail
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
@@ -67,6 +69,15 @@ def _comm_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def batch_size(config) -> int:
+    """Sequences per update of this rank: train.batch_size, or train.global_batch split evenly."""
+    ranks, total = world_size(), config.train.global_batch
+    if total and total % ranks:
+        fail(f"train.global_batch ({total}) must be a multiple of the number of processes "
+             f"({ranks})")
+    return total // ranks if total else config.train.batch_size
 
 
 def rank_seed(seed: int, rank_: int | None = None) -> int:

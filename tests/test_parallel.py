@@ -1,5 +1,5 @@
-"""Data parallelism (common/dist.py) on the CPU with gloo and 2 processes: two ranks on halves of a
-batch train exactly like one process on the whole batch; a torchrun run writes one set of outputs
+"""Data parallelism (common/parallel.py) on the CPU with gloo and 2 processes: two ranks on halves of
+a batch train exactly like one process on the whole batch; a torchrun run writes one set of outputs
 and resumes on both ranks; ranks have their own seeds and replay shards."""
 import json
 import os
@@ -14,8 +14,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-import main
-from common import dist
+from common import parallel
 from envs import env_seed
 from replay import Replay
 from tests.test_agent import agent_for, make_batch
@@ -43,8 +42,8 @@ def _without_sampling_noise():
     """Sampling noise is drawn per process, so two ranks can not draw what one process draws for
     the same rows; every other difference would be a bug. Replace both samplers of the update (the
     latents and the actor's actions) by deterministic per-row functions."""
-    import common.dists
-    common.dists.sample_onehot = _median_onehot
+    import common.distributions
+    common.distributions.sample_onehot = _median_onehot
     import agent.actor_critic  # it samples actions with its own binding of sample_onehot
     agent.actor_critic.sample_onehot = _median_onehot
     torch.distributions.OneHotCategorical.sample = _argmax_sample
@@ -81,8 +80,8 @@ def _rank_worker(r, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     tdist.init_process_group("gloo", rank=r, world_size=world)
     _without_sampling_noise()
-    rows = dist.shard(np.arange(2 * B))  # rank 0: rows 0..3, rank 1: rows 4..7
-    results = {"rows": rows, "shard": dist.shard(list(range(11)))}
+    rows = parallel.shard(np.arange(2 * B))  # rank 0: rows 0..3, rank 1: rows 4..7
+    results = {"rows": rows, "shard": parallel.shard(list(range(11)))}
     for backbone in BACKBONES:
         results[backbone] = _train(backbone, rows)
     torch.save(results, f"{out}/rank{r}.pt")
@@ -100,8 +99,8 @@ def test_two_ranks_train_like_one_process_on_the_whole_batch(tmp_path, monkeypat
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert list(ranks[0]["rows"]) == [0, 1, 2, 3] and list(ranks[1]["rows"]) == [4, 5, 6, 7]
     assert ranks[0]["shard"] == [0, 1, 2, 3, 4] and ranks[1]["shard"] == [5, 6, 7, 8, 9]
-    import common.dists
-    monkeypatch.setattr(common.dists, "sample_onehot", _median_onehot)
+    import common.distributions
+    monkeypatch.setattr(common.distributions, "sample_onehot", _median_onehot)
     import agent.actor_critic
     monkeypatch.setattr(agent.actor_critic, "sample_onehot", _median_onehot)
     monkeypatch.setattr(torch.distributions.OneHotCategorical, "sample", _argmax_sample)
@@ -129,29 +128,29 @@ def _leaves(tree):
 
 # ---- seeds, shards and config ---------------------------------------------------------------------
 def test_seeds_differ_per_rank_and_env_worker():
-    seeds = [env_seed(dist.rank_seed(7, r), i) for r in range(4) for i in range(4)]
+    seeds = [env_seed(parallel.rank_seed(7, r), i) for r in range(4) for i in range(4)]
     assert len(set(seeds)) == 16
-    assert dist.rank_seed(7, 0) == 7  # rank 0 collects exactly like a single process
-    assert len({dist.rank_seed(s, r) for s in range(3) for r in range(3)}) == 9
+    assert parallel.rank_seed(7, 0) == 7  # rank 0 collects exactly like a single process
+    assert len({parallel.rank_seed(s, r) for s in range(3) for r in range(3)}) == 9
 
 
 def test_single_process_is_untouched():
     assert not tdist.is_initialized()
-    assert (dist.rank(), dist.world_size(), dist.is_main()) == (0, 1, True)
-    assert dist.init(torch.device("cpu")) == torch.device("cpu") and not tdist.is_initialized()
-    assert dist.shard([1, 2, 3]) == [1, 2, 3] and dist.all_true(torch.tensor(True))
+    assert (parallel.rank(), parallel.world_size(), parallel.is_main()) == (0, 1, True)
+    assert parallel.init(torch.device("cpu")) == torch.device("cpu") and not tdist.is_initialized()
+    assert parallel.shard([1, 2, 3]) == [1, 2, 3] and parallel.all_true(torch.tensor(True))
     x = torch.ones(3)
-    assert dist.all_gather_cat(x) is x
+    assert parallel.all_gather_cat(x) is x
 
 
 def test_global_batch_must_split_evenly(monkeypatch, capsys):
     from common.config import load_blocks, merge
     config = merge(load_blocks(), ["debug"], {"train.global_batch": "6"})
-    monkeypatch.setattr(dist, "world_size", lambda: 3)
-    assert main.batch_size(config) == 2
-    monkeypatch.setattr(dist, "world_size", lambda: 4)
+    monkeypatch.setattr(parallel, "world_size", lambda: 3)
+    assert parallel.batch_size(config) == 2
+    monkeypatch.setattr(parallel, "world_size", lambda: 4)
     with pytest.raises(SystemExit) as e:
-        main.batch_size(config)
+        parallel.batch_size(config)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.count("\n") == 0 and "multiple" in err, err
 
