@@ -227,9 +227,13 @@ def aggregate(cells: list[dict], colours: int) -> tuple[list[str], dict]:
             summary.setdefault(name, {})[g] = stats
             (mi, si), (mg, sg) = stats["acc_inference"], stats["acc_imagination"]
             solved = sorted(c["updates"] for c in cs if c["solved"])
-            when = f" at {solved[0]}-{solved[-1]} upd" if solved else ""
-            row.append(f"{100 * mi:.0f} ± {100 * si:.0f} / {100 * mg:.0f} ± {100 * sg:.0f}; "
-                       f"solved {len(solved)}/{len(cs)}{when}; "
+            if len(cs) > 1:
+                acc = f"{100 * mi:.0f} ± {100 * si:.0f} / {100 * mg:.0f} ± {100 * sg:.0f}"
+            else:  # one seed has no standard error: show the value alone
+                acc = f"{100 * mi:.0f} / {100 * mg:.0f} (n = 1)"
+            when = (f" at {solved[0]}-{solved[-1]} upd" if len(solved) > 1
+                    else f" at {solved[0]} upd" if solved else "")
+            row.append(f"{acc}; solved {len(solved)}/{len(cs)}{when}; "
                        f"{np.mean([c['seconds'] for c in cs]) / 60:.1f} min")
         horizon = groups[name][gaps[0]][0]["gradient_horizon"] if gaps[0] in groups[name] else "-"
         lines.append(f"| {name} | {horizon} | " + " | ".join(row) + " |")

@@ -131,6 +131,9 @@ def test_capacity_cells_resume_and_aggregate(tmp_path):
     cell = tmp_path / "out" / "cells" / "blank_s4wm_gap2_seed0.json"
     first = cell.read_text()
     assert json.loads(first)["budget"] == 4 and len(json.loads(first)["history"]) == 2
+    row = [l for l in (tmp_path / "out" / "capacity_blank.md").read_text().splitlines()
+           if l.startswith("| s4wm")][0]
+    assert "(n = 1)" in row and "±" not in row  # one seed: no standard error shown as ± 0
     capacity.main([*common, "--seeds", "0,1"])
     assert cell.read_text() == first  # finished within its budget: not retrained
     table = (tmp_path / "out" / "capacity_blank.md").read_text()
