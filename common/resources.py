@@ -45,9 +45,12 @@ def parameter_count(build) -> int:
 
 
 def replay_steps(config, ranks: int = 1) -> int:
-    """Steps one process's replay ever holds: replay.capacity, or every step this process will
-    collect (config.steps counts all ranks) when that is fewer. The ring is allocated this size."""
-    return max(1, min(config.replay.capacity, math.ceil(config.steps / ranks)))
+    """Size of one process's replay ring: replay.capacity, or, when fewer, room for everything this
+    process can collect, so that a capacity beyond the run is never allocated and nothing is ever
+    evicted that a capacity-sized ring would keep. config.steps counts env steps of all ranks; the
+    replay also holds each episode's first observation (at most one per step, plus one per env)."""
+    return max(1, min(config.replay.capacity,
+                      2 * math.ceil(config.steps / ranks) + config.env.envs))
 
 
 def estimate(config, batch: int, ranks: int, build) -> dict[str, float]:
@@ -65,7 +68,8 @@ def estimate(config, batch: int, ranks: int, build) -> dict[str, float]:
         activations = float(batch) * window * (frame + per_frame * (config.offline.chunk or window)
                                                / window)
     else:
-        held = {"replay": float(replay_steps(config, ranks)) * (frame + 64)}
+        steps = min(config.replay.capacity, math.ceil(config.steps / ranks))  # at least held
+        held = {"replay": float(steps) * (frame + 64)}
         activations = float(batch) * config.train.seq_len * per_frame
     return {**held, "model": 16.0 * parameter_count(build), "batch": activations}
 

@@ -100,18 +100,19 @@ def test_run_level_checks_fail_before_anything_is_written(args, needle, capsys, 
 
 
 def test_a_replay_capacity_beyond_the_run_allocates_only_what_the_run_collects(tmp_path):
-    """replay.capacity 1e11 (745 GB of ring indices) with a 300-step run: the ring holds the
-    run's 300 steps (it used to allocate the capacity and die with a MemoryError traceback)."""
+    """replay.capacity 1e11 (745 GB of ring indices) with a 300-step run: the ring has room for
+    what the run can collect, 300 steps and as many first observations, plus one per env (it used
+    to allocate the capacity and die with a MemoryError traceback)."""
     from agent.experience import Collector
     config = parse([*DEBUG, "--replay.capacity", "100000000000", "--logdir", str(tmp_path)])
     collector = Collector(config, tmp_path)
     try:
-        assert collector.replay.capacity == config.steps == 300
+        assert collector.replay.capacity == 2 * config.steps + config.env.envs == 601
     finally:
         collector.close()
     from common.resources import replay_steps
     assert replay_steps(parse([*DEBUG, "--replay.capacity", "200"])) == 200  # the capacity binds
-    assert replay_steps(config, ranks=2) == 150  # each rank collects its share of the steps
+    assert replay_steps(config, ranks=2) == 2 * 150 + 1  # each rank collects its share of the steps
 
 
 def test_configs_given_twice_merge_in_order_and_offline_needs_a_memory_task(capsys):
