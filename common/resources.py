@@ -46,9 +46,10 @@ def parameter_count(build) -> int:
 
 def replay_steps(config, ranks: int = 1) -> int:
     """Size of one process's replay ring: replay.capacity, or, when fewer, room for everything this
-    process can collect, so that a capacity beyond the run is never allocated and nothing is ever
+    process can collect, so that a capacity beyond the run is never allocated and nothing is
     evicted that a capacity-sized ring would keep. config.steps counts env steps of all ranks; the
-    replay also holds each episode's first observation (at most one per step, plus one per env)."""
+    replay holds one entry per env step plus each start's reset observation (one per env at the
+    start and again at every resume, so twice the steps bounds any number of resumes)."""
     return max(1, min(config.replay.capacity,
                       2 * math.ceil(config.steps / ranks) + config.env.envs))
 

@@ -101,8 +101,8 @@ def test_run_level_checks_fail_before_anything_is_written(args, needle, capsys, 
 
 def test_a_replay_capacity_beyond_the_run_allocates_only_what_the_run_collects(tmp_path):
     """replay.capacity 1e11 (745 GB of ring indices) with a 300-step run: the ring has room for
-    what the run can collect, 300 steps and as many first observations, plus one per env (it used
-    to allocate the capacity and die with a MemoryError traceback)."""
+    what the run can collect, its 300 steps and a reset observation per env at every (re)start
+    (it used to allocate the capacity and die with a MemoryError traceback)."""
     from agent.experience import Collector
     config = parse([*DEBUG, "--replay.capacity", "100000000000", "--logdir", str(tmp_path)])
     collector = Collector(config, tmp_path)
