@@ -112,129 +112,178 @@ def check_sizes(config, ranks: int, B: int, T: int) -> None:
 
 
 def run(config, device) -> None:
-    ranks, main_rank = parallel.world_size(), parallel.is_main()
-    B, T = parallel.batch_size(config), config.train.seq_len
-    check_sizes(config, ranks, B, T)
-    if ranks > 1 and main_rank:
-        print(f"data parallel: {ranks} processes x batch {B} = global batch {ranks * B}")
-    check_memory(config, device, batch=B, ranks=ranks,  # before building anything
-                 build=lambda dev: build_agent(config, 1, True, dev))
-    logdir = prepare_logdir(config, write=main_rank)  # after every check: nothing written before
-    checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
-    ckpt = load_checkpoint(logdir, FIELDS)
-    step = int(ckpt["step"]) if ckpt is not None else 0
-    # Rank r > 0 has its own seed; its RNG states are not in the checkpoint (only rank 0's are),
-    # so a resumed rank r > 0 re-derives them from the step it resumes at.
-    seed = parallel.rank_seed(config.seed)
-    if ckpt is not None and not main_rank:
-        seed = env_seed(seed, step)
-    # env workers + replay (loads what is on disk: <logdir>/replay, rank r > 0 replay/rank<r>)
-    try:  # an observation choice (wm.cnn_keys / wm.mlp_keys) the task lacks fails in one line
-        collector = Collector(config, logdir, step, seed=seed, batch_size=B, rank=parallel.rank())
-    except ConfigError as e:
-        fail(str(e))
-    agent = build_agent(config, collector.act_dim, collector.discrete, device, collector.spaces)
-    logger = Logger(logdir, enabled=main_rank, resume_step=step)
-    updates, ratio_done, pretrain, start = 0, 0, config.train.pretrain, "a new run"
-    if ckpt is not None:
+    """The online loop: act, store, update, evaluate, log, checkpoint (the module docstring)."""
+    OnlineRun(config, device).train()
+
+
+class OnlineRun:
+    """One online run on this rank: its agent, env workers and replay (Collector), logger, and the
+    counters a checkpoint holds (FIELDS). Built from <logdir>/checkpoint.pt when there is one."""
+
+    def __init__(self, config, device):
+        self.config, self.ranks, self.main = config, parallel.world_size(), parallel.is_main()
+        self.B, self.T = parallel.batch_size(config), config.train.seq_len
+        self.check(device)  # before building or writing anything
+        self.logdir = prepare_logdir(config, write=self.main)
+        checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
+        ckpt = load_checkpoint(self.logdir, FIELDS)
+        self.step = int(ckpt["step"]) if ckpt is not None else 0
+        # Rank r > 0 has its own seed; its RNG states are not in the checkpoint (only rank 0's
+        # are), so a resumed rank r > 0 re-derives them from the step it resumes at.
+        seed = parallel.rank_seed(config.seed)
+        if ckpt is not None and not self.main:
+            seed = env_seed(seed, self.step)
+        # env workers + replay (loads what is on disk: <logdir>/replay, rank r > 0 replay/rank<r>)
+        try:  # an observation choice (wm.cnn_keys / wm.mlp_keys) the task lacks: one line
+            self.collector = Collector(config, self.logdir, self.step, seed=seed,
+                                       batch_size=self.B, rank=parallel.rank())
+        except ConfigError as e:
+            fail(str(e))
+        c = self.collector
+        self.agent = build_agent(config, c.act_dim, c.discrete, device, c.spaces)
+        self.logger = Logger(self.logdir, enabled=self.main, resume_step=self.step)
+        self.updates, ratio_done, self.pretrain = 0, 0, config.train.pretrain
+        start = "a new run" if ckpt is None else self.resume(ckpt)
+        if ckpt is not None:
+            self.updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
+            self.pretrain = 0
+        if not self.main:
+            checkpoint.seed_everything(seed)  # this rank's own sampling noise from here on
+        parallel.broadcast_module(self.agent)  # rank 0's weights everywhere; a barrier before saves
+        self.schedule(ratio_done)
+        self.ready, self.carried = False, None
+        self.health = Health(config.run.nan_patience, self.logdir)  # when the weights may be saved
+        self.timer = {"t": time.time(), "step": self.step, "updates": self.updates}
+        if self.main:
+            print(online_header(config, self.agent, device, self.logdir, start,
+                                self.ratio.per_step), flush=True)
+        self.progress = Progress(config.steps, self.step, unit="step",
+                                 updates_per_unit=self.ratio.per_step,
+                                 eval_every=config.run.eval_every,
+                                 enabled=config.run.progress and self.main)
+
+    def check(self, device) -> None:
+        """Sizes and memory, each a one-line exit when they cannot work."""
+        check_sizes(self.config, self.ranks, self.B, self.T)
+        if self.ranks > 1 and self.main:
+            print(f"data parallel: {self.ranks} processes x batch {self.B} = global batch "
+                  f"{self.ranks * self.B}")
+        check_memory(self.config, device, batch=self.B, ranks=self.ranks,
+                     build=lambda dev: build_agent(self.config, 1, True, dev))
+
+    def schedule(self, ratio_done: int) -> None:
+        """When to log, evaluate, film and save (by env step, so they resume), and how many
+        updates are due: train_ratio replayed steps (of all ranks) per env step."""
+        run, step = self.config.run, self.step
+        self.should_log, self.should_eval = Every(run.log_every, step), Every(run.eval_every, step)
+        self.should_video = Every(run.video_every, step)
+        self.should_save = Every(run.checkpoint_every, step)
+        self.ratio = Ratio(self.config.train.train_ratio, self.ranks * self.B * self.T, ratio_done)
+
+    def resume(self, ckpt) -> str:
+        """Load the checkpoint into the agent (and, on rank 0, the RNGs and the replay sampler)."""
         def apply():
-            agent.restore(ckpt["agent"])
-            if main_rank:
+            self.agent.restore(ckpt["agent"])
+            if self.main:
                 checkpoint.set_rng_state(ckpt["rng"])
-                collector.sampler_state(ckpt["sampler"])
-        restore(logdir, apply)
-        updates, ratio_done = int(ckpt["updates"]), int(ckpt["ratio_done"])
-        pretrain = 0
-        who = f"rank {parallel.rank()}: " if ranks > 1 else ""
-        start = (f"{who}resuming {logdir} at step {step} "
-                 f"({updates} updates, {len(collector.replay)} steps in replay)")
-        if not main_rank:
+                self.collector.sampler_state(ckpt["sampler"])
+        restore(self.logdir, apply)
+        who = f"rank {parallel.rank()}: " if self.ranks > 1 else ""
+        start = (f"{who}resuming {self.logdir} at step {self.step} ({int(ckpt['updates'])} "
+                 f"updates, {len(self.collector.replay)} steps in replay)")
+        if not self.main:
             print(start)  # rank 0 says it in the header
-    if not main_rank:
-        checkpoint.seed_everything(seed)  # this rank's own sampling noise from here on
-    parallel.broadcast_module(agent)  # rank 0's weights everywhere (and a barrier before any save)
+        return start
 
-    def save():
-        collector.replay.flush()  # every rank flushes its own shard
-        if not main_rank:
-            return
-        checkpoint.save(logdir / "checkpoint.pt", {
-            "agent": agent.checkpoint(), "step": step, "updates": updates,
-            "ratio_done": ratio.done,
-            "rng": checkpoint.rng_state(), "sampler": collector.sampler_state()})
+    def train(self) -> None:
+        """The algorithm. What was collected is never lost, even when stopping on NaN; the weights
+        are saved only from a completed, good update (common/health.py)."""
+        prefill = self.config.train.prefill
+        with guarded(lambda: f"step {self.step}", self.health, self.save,
+                     before=[self.collector.replay.flush],
+                     after=[self.collector.close, lambda: self.logger.write(self.step),
+                            self.logger.close, self.progress.close]):
+            while self.step < self.config.steps:
+                interrupt.check()
+                self.collect(random_policy=self.step < prefill)  # 1. act in every env worker
+                if self.replay_ready(prefill):  # 2. train_ratio replayed steps per env step
+                    self.update(self.ratio(self.step - prefill) + self.pretrain)
+                    self.pretrain = 0
+                if self.step >= prefill and self.should_eval(self.step) and self.main:
+                    self.evaluate()  # 3. greedy episodes, open-loop predictions
+                if self.should_log(self.step):  # 4. log and checkpoint
+                    self.log()
+                if self.should_save(self.step) and self.health.saveable:  # never bad over good
+                    self.save()
+                self.progress.show(self.step, self.updates,
+                                   "prefill" if self.step < prefill else "training")
 
-    should_log, should_eval = Every(config.run.log_every, step), Every(config.run.eval_every, step)
-    should_video = Every(config.run.video_every, step)
-    should_save = Every(config.run.checkpoint_every, step)
-    ratio = Ratio(config.train.train_ratio, ranks * B * T, ratio_done)  # replayed by all ranks
-    prefill, ready = config.train.prefill, False
-    health = Health(config.run.nan_patience, logdir)  # when the weights may be saved
-    carried, timer = None, {"t": time.time(), "step": step, "updates": updates}
-    if main_rank:
-        print(online_header(config, agent, device, logdir, start, ratio.per_step), flush=True)
-    progress = Progress(config.steps, step, unit="step", updates_per_unit=ratio.per_step,
-                        eval_every=config.run.eval_every, enabled=config.run.progress and main_rank)
-    # what was collected is never lost, even when stopping on NaN; the weights are saved only
-    # from a completed, good update (common/health.py)
-    with guarded(lambda: f"step {step}", health, save, before=[collector.replay.flush],
-                 after=[collector.close, lambda: logger.write(step), logger.close,
-                        progress.close]):
-        while step < config.steps:
+    def collect(self, random_policy: bool) -> None:
+        """One step in every env worker of every rank (a random policy until the prefill)."""
+        steps, acted = self.collector.step(self.agent, random_policy, self.logger)
+        self.step += steps * self.ranks
+        if not acted:  # a non-finite policy counts as a bad update
+            self.health.fault(self.step, "non-finite policy", "random actions instead")
+        self.progress.lap("env", self.collector.num_envs * self.ranks)
+
+    def replay_ready(self, prefill: int) -> bool:
+        """Past the prefill with a whole batch in every rank's replay (else a rank would wait
+        alone in the update); once true, stays true."""
+        self.ready = self.ready or (self.step >= prefill and parallel.all_true(
+            len(self.collector.replay) >= self.B * self.T))
+        return self.ready
+
+    def update(self, due: int) -> None:
+        """`due` updates of the world model and the actor-critic on replayed batches."""
+        for _ in range(due):
             interrupt.check()
-            # 1. collect: one step in every env worker of every rank (random policy until prefill)
-            random_policy = step < prefill
-            steps, acted = collector.step(agent, random_policy, logger)
-            step += steps * ranks
-            if not acted:  # a non-finite policy counts as a bad update
-                health.fault(step, "non-finite policy", "random actions instead")
-            progress.lap("env", collector.num_envs * ranks)
+            batch, reset = self.collector.training_batch(self.B, self.T)
+            self.health.begin()  # from here until end(), no checkpoint may be written
+            metrics, self.carried, ok = self.agent.update(batch, self.carried, reset)
+            self.health.end(ok, self.step)  # stops the run after run.nan_patience in a row
+            if not ok:  # (carried is None now)
+                self.logger.scalar("train/nonfinite_updates", 1)
+                continue
+            if not self.config.train.carry_state:  # else each rank carries its own streams' states
+                self.carried = None
+            self.updates += 1
+            self.logger.scalars(metrics, "train/")
+        self.progress.lap("update", due)
 
-            # 2. update world model + actor-critic, train_ratio replayed steps per env step
-            # (every rank must hold a batch, else a rank would wait alone in the update)
-            ready = ready or (step >= prefill and parallel.all_true(len(collector.replay) >= B * T))
-            if ready:
-                due, pretrain = ratio(step - prefill) + pretrain, 0
-                for _ in range(due):
-                    interrupt.check()
-                    batch, reset = collector.training_batch(B, T)
-                    health.begin()  # from here until end(), no checkpoint may be written
-                    metrics, carried, ok = agent.update(batch, carried, reset)
-                    health.end(ok, step)  # stops the run after run.nan_patience in a row
-                    if not ok:
-                        logger.scalar("train/nonfinite_updates", 1)
-                        continue
-                    # each rank carries the states of its own sampler's streams
-                    carried = carried if config.train.carry_state else None
-                    updates += 1
-                    logger.scalars(metrics, "train/")
-                progress.lap("update", due)
+    def evaluate(self) -> None:
+        """Greedy episodes (a video every run.video_every) and the world model's open-loop video."""
+        self.progress.show(self.step, self.updates, "evaluation")
+        scores = evaluate(self.config, self.agent, self.logger, self.step,
+                          self.should_video(self.step))
+        if scores is None:
+            self.health.fault(self.step, "non-finite policy", "evaluation skipped")
+        else:
+            self.logger.scalars(scores, "eval/")
+        if len(self.collector.replay) >= self.T:
+            openloop_video(self.config, self.agent, self.collector, self.logger, self.step)
+        self.progress.lap("eval")
 
-            # 3. evaluate with the greedy policy; open-loop predictions of the world model
-            if step >= prefill and should_eval(step) and main_rank:
-                progress.show(step, updates, "evaluation")
-                scores = evaluate(config, agent, logger, step, should_video(step))
-                if scores is None:
-                    health.fault(step, "non-finite policy", "evaluation skipped")
-                else:
-                    logger.scalars(scores, "eval/")
-                if len(collector.replay) >= T:
-                    openloop_video(config, agent, collector, logger, step)
-                progress.lap("eval")
+    def log(self) -> None:
+        """Every rank's episodes and losses pooled, with speeds and the replay size."""
+        self.logger.pool(parallel.gather_lists)
+        now, last = time.time(), self.timer
+        self.logger.scalar("fps/env", (self.step - last["step"]) / (now - last["t"]))
+        self.logger.scalar("fps/updates", (self.updates - last["updates"]) / (now - last["t"]))
+        self.logger.scalar("replay/size", len(self.collector.replay))
+        means = self.logger.write(self.step)
+        self.timer = {"t": now, "step": self.step, "updates": self.updates}
+        if "episode/return" in means:
+            self.progress.notes["return"] = f"{means['episode/return']:.3g}"
 
-            # 4. log and checkpoint
-            if should_log(step):
-                logger.pool(parallel.gather_lists)  # every rank's episodes and losses
-                now = time.time()
-                logger.scalar("fps/env", (step - timer["step"]) / (now - timer["t"]))
-                logger.scalar("fps/updates", (updates - timer["updates"]) / (now - timer["t"]))
-                logger.scalar("replay/size", len(collector.replay))
-                means = logger.write(step)
-                timer = {"t": now, "step": step, "updates": updates}
-                if "episode/return" in means:
-                    progress.notes["return"] = f"{means['episode/return']:.3g}"
-            if should_save(step) and health.saveable:  # never a bad one over a good one
-                save()
-            progress.show(step, updates, "prefill" if step < prefill else "training")
+    def save(self) -> None:
+        self.collector.replay.flush()  # every rank flushes its own shard
+        if not self.main:
+            return
+        checkpoint.save(self.logdir / "checkpoint.pt", {
+            "agent": self.agent.checkpoint(), "step": self.step, "updates": self.updates,
+            "ratio_done": self.ratio.done, "rng": checkpoint.rng_state(),
+            "sampler": self.collector.sampler_state()})
+
 
 if __name__ == "__main__":
     main()

@@ -197,4 +197,4 @@ def openloop_video(config, agent, collector, logger, step: int, rows: int = 4) -
     context = min(config.run.openloop_context, config.train.seq_len - 1)
     pred = agent.wm.openloop(data, context)
     model = ((pred + 0.5).clamp(0, 1) * 255).to(torch.uint8).cpu().numpy()
-    logger.video("openloop", openloop_grid(batch[key], model), step)
+    logger.video("eval/openloop", openloop_grid(batch[key], model), step)

@@ -64,13 +64,13 @@ def test_debug_run_writes_everything(tmp_path, family, backbone):
     assert list(logdir.glob("events.out.tfevents.*"))
     assert len(list((logdir / "replay").glob("*.npz"))) >= 1
     videos = {p.name.split("_0")[0]: p for p in (logdir / "videos").glob("*.mp4")}
-    assert set(videos) == {"eval_policy", "openloop"}
+    assert set(videos) == {"eval_policy", "eval_openloop"}
     eval_frames = decode(videos["eval_policy"])
     assert eval_frames.shape[1:] == (64, 64, 3) and len(eval_frames) > 10
-    openloop = decode(videos["openloop"])
+    openloop = decode(videos["eval_openloop"])
     assert openloop.shape == (16, 3 * 64, 4 * 64, 3)  # seq_len 16; truth/model/error x 4 sequences
     tb = read_videos(logdir)
-    assert tb["openloop"].shape[:3] == (16, 3 * 64, 4 * 64)
+    assert tb["eval/openloop"].shape[:3] == (16, 3 * 64, 4 * 64)
     # the GIF in TensorBoard merges identical consecutive frames (an agent stuck at a wall), so
     # only the mp4 is checked for the full frame count
     assert tb["eval/policy"].shape[1:3] == (64, 64) and len(tb["eval/policy"]) >= 2
@@ -180,4 +180,4 @@ def test_debug_run_on_image_and_vectors(tmp_path):
     data = replay_arrays(logdir)
     assert {"image", "position", "velocity"} <= set(data) and data["image"].dtype == np.uint8
     videos = {p.name.split("_0")[0] for p in (logdir / "videos").glob("*.mp4")}
-    assert videos == {"eval_policy", "openloop"}
+    assert videos == {"eval_policy", "eval_openloop"}

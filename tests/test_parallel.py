@@ -177,7 +177,7 @@ def test_two_rank_run_writes_one_set_of_outputs_and_resumes(tmp_path):
     assert any("train/loss/image" in r for r in rows) and any("eval/return" in r for r in rows)
     assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
     assert sorted(p.name.split("_0")[0] for p in (logdir / "videos").glob("*.mp4")) == \
-        ["eval_policy", "openloop"]
+        ["eval_openloop", "eval_policy"]
     saved = torch.load(logdir / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 160 and saved["updates"] > 0
 

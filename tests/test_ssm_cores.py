@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from common.tree import tree_map
+from common.tree import detach, tree_map, where_reset
 from tests.core_helpers import TOL, assert_close, resets, step_core
 from world_models.s4d_rollout import S4DStart, S4DWindow
 from world_models.s4wm import S4Core
@@ -162,7 +162,7 @@ def test_rollout_from_states_at_after_a_parameter_update(name):
     g, f = torch.randn(B, T, H, dtype=torch.float64), resets(B, T)
     pos = torch.tensor([T - 1, 0, 9, 20, 5])
     _, _, at = m(g, f, noisy_state(m), pos)
-    at = tree_map(torch.Tensor.detach, at)  # as the agent does (S4DStart: already detached)
+    at = detach(at)  # as the agent does (S4DStart: already detached, kept lazy)
     with torch.no_grad():  # an optimiser step between the world-model pass and imagination
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -188,3 +188,24 @@ def test_rollout_from_states_at_after_a_parameter_update(name):
     torch.testing.assert_close(h_r, h_p, rtol=1e-10, atol=1e-10)
     for a, b in zip([*f_r, *g_r], [*f_p, *g_p]):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
+def test_tree_helpers_refuse_a_lazy_start_except_detach():
+    """A LazyStart (S4WM's imagination starts) is not a tensor: `detach` keeps it lazy (it is
+    detached by construction) and leaves its states unbuilt, while mapping, resetting or any other
+    non-tensor leaf raise TypeError instead of passing it through silently."""
+    m = core("s4", torch.float64)
+    g, f = torch.randn(B, T, H, dtype=torch.float64), resets(B, T)
+    _, final, at = m(g, f, m.initial_state(B), torch.tensor([3, 7]))
+    assert all(isinstance(s, S4DStart) for s in at)
+    kept = detach(at)
+    assert all(k is s and s._states is None for k, s in zip(kept, at))
+    with pytest.raises(TypeError, match="rollout_end"):
+        tree_map(lambda x: x[:1], at)
+    with pytest.raises(TypeError, match="rollout_end"):
+        where_reset(torch.ones(B, dtype=torch.bool), final, at)
+    with pytest.raises(TypeError, match="not int"):
+        tree_map(lambda x: x, {"a": torch.zeros(1), "b": 3})
+    built = m.rollout_end(at)  # tensors now: every helper takes them
+    moved = tree_map(lambda x: x[:1], built)
+    assert all(isinstance(x, torch.Tensor) and len(x) == 1 for x in moved)

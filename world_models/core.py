@@ -11,26 +11,16 @@ Shapes (batch-major everywhere, see docs/shapes.md):
     h         (B, T, D)   float   outputs; h_t depends on g_{<=t} of the same episode only
     state     pytree of tensors whose first dimension is B (dict / list / tuple); the start
               states of imagination (forward's states_at) may also hold LazyStart leaves
+              (common/tree.py: detached, refused by every tree helper but `detach`)
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-
-class LazyStart:
-    """A leaf of imagination start states (SequenceCore.forward's states_at) that is not built yet:
-    it holds what the states are computed from, so a rollout that needs less than the states
-    themselves never builds them (S4WM: S4DStart in world_models/s4d_rollout.py). Only its own
-    core's step / rollout_begin / rollout_end read it; `states()` builds the (B*K, ...) tensor
-    once. It is detached (built under no_grad) and is not a tensor: the tree helpers of
-    common/tree.py pass it through unchanged, so index, move or save start states only after
-    `rollout_end` (or `states()`) has made them tensors."""
-
-    __slots__ = ()
-
-    def states(self) -> torch.Tensor:
-        raise NotImplementedError
+# The third kind of state leaf, besides tensors and None: an imagination start not built yet.
+# Defined beside the tree helpers (which refuse it except in `detach`), part of this contract.
+from common.tree import LazyStart  # noqa: F401  (re-exported: cores subclass core.LazyStart)
 
 
 class SequenceCore(nn.Module):
