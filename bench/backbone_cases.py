@@ -17,6 +17,13 @@ from world_models import build_world_model, losses
 SIZES = {"cpu": ["cpu"], "debug": ["debug"], "paper": []}  # --size word -> configs.yaml blocks
 NOT_SEQ = ("encoder.", "decoder.", "reward_head.", "cont_head.")  # outside the sequence model
 DEPTH_WORDS = ("n_blocks", "n_layers")  # a backbone section's depth key, for --match-params
+# The agent case's action modes: how the actor acts and gets its gradient (configs.yaml `ac`).
+# onehot: discrete actions, REINFORCE (DreamerV3's default, the miniworld block); continuous:
+# tanh-Gaussian actions in [-1, 1], dynamics backprop through imagination (the dmc block).
+ACTION_MODES = {"onehot": {"discrete": True, "ac.actor_grad": "reinforce",
+                           "label": "one-hot, REINFORCE"},
+                "continuous": {"discrete": False, "ac.actor_grad": "straight_through",
+                               "label": "continuous, dynamics backprop"}}
 
 
 # ---- config, model, data ----------------------------------------------------------------------
@@ -57,10 +64,15 @@ def depth_key(backbone: str) -> str | None:
     return next((f"{backbone}.{k}" for k in DEPTH_WORDS if k in section), None)
 
 
-def make_batch(B: int, T: int, act_dim: int, image_size: int, seed: int, device) -> dict:
-    """Seeded replay-like batch (B, T, ...): random pixels and actions, an episode start at t=0."""
+def make_batch(B: int, T: int, act_dim: int, image_size: int, seed: int, device,
+               discrete: bool = True) -> dict:
+    """Seeded replay-like batch (B, T, ...): random pixels and actions (one-hot, or uniform in
+    [-1, 1] when not discrete), an episode start at t=0."""
     g = torch.Generator().manual_seed(seed)
-    action = F.one_hot(torch.randint(0, act_dim, (B, T), generator=g), act_dim).float()
+    if discrete:
+        action = F.one_hot(torch.randint(0, act_dim, (B, T), generator=g), act_dim).float()
+    else:
+        action = 2 * torch.rand(B, T, act_dim, generator=g) - 1
     is_first = torch.zeros(B, T, dtype=torch.bool)
     is_first[:, 0] = True
     action[:, 0] = 0
@@ -139,12 +151,16 @@ def case_imagine(cfg, spec, device):
 
 
 def case_agent(cfg, spec, device):
+    """One Agent.update in the spec's action mode (ACTION_MODES; its ac.actor_grad is in the
+    spec's overrides, so cfg has it)."""
     from agent.agent import build_agent
-    B, T = spec["batch"], spec["length"]
-    agent = build_agent(cfg, spec["act_dim"], discrete=True, device=device)
+    B, T, mode = spec["batch"], spec["length"], ACTION_MODES[spec["action_mode"]]
+    assert cfg.ac.actor_grad == mode["ac.actor_grad"], (cfg.ac.actor_grad, mode)
+    agent = build_agent(cfg, spec["act_dim"], discrete=mode["discrete"], device=device)
     batch = {k: v.numpy() for k, v in make_batch(B, T, spec["act_dim"], cfg.env.image_size,
-                                                 spec["seed"], "cpu").items()}  # replay: numpy
-    yield {}, (lambda length=None: agent.update(batch)), B * T, agent.wm
+                                                 spec["seed"], "cpu", mode["discrete"]).items()}
+    label = {"action_mode": spec["action_mode"], "actor_grad": cfg.ac.actor_grad}
+    yield label, (lambda length=None: agent.update(batch)), B * T, agent.wm
 
 
 CASES = {"train": case_train, "seq": case_seq, "imagine": case_imagine, "agent": case_agent}

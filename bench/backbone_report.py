@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+from bench.backbone_cases import ACTION_MODES
 from bench.timing import PHASES
 
 
@@ -65,8 +66,9 @@ def render(info: dict, results: list[dict], args) -> str:
     lines += _profile_table(ok, args)
     errors = [r for r in results if "error" in r]
     if errors:
-        lines += ["", "Failed cases:"] + [f"- {r['kind']} {r['backbone']} T={r['length']}: "
-                                          f"{r['error']}" for r in errors]
+        lines += ["", "Failed cases:"] + [f"- {r['kind']} {r['backbone']} T={r['length']}"
+                                          f"{' ' + r['action_mode'] if 'action_mode' in r else ''}"
+                                          f": {r['error']}" for r in errors]
     return "\n".join(lines) + "\n"
 
 
@@ -88,36 +90,48 @@ def _imagine_table(results, args) -> list[str]:
     return lines
 
 
+def _by_mode(results, phases: bool = False) -> dict:
+    """{action mode: {backbone: agent record}} in the order the modes ran."""
+    out = {}
+    for r in results:
+        if r["kind"] == "agent" and (not phases or "phases" in r):
+            out.setdefault(r.get("action_mode", "onehot"), {})[r["backbone"]] = r
+    return out
+
+
 def _agent_table(results, names) -> list[str]:
-    rows = {r["backbone"]: r for r in results if r["kind"] == "agent"}
-    if not rows:
+    modes = _by_mode(results)
+    if not modes:
         return []
-    lines = ["", "### One Agent.update (world model + actor-critic)", "",
-             "| backbone | B x T | s/update | updates/s | x RSSM | mem |",
-             "|---|---|---|---|---|---|"]
-    for b in names:
-        if b in rows:
-            r = rows[b]
-            val, ratio, mem = _cells(r, rows.get("rssm"))
-            sec = _num(r["median_s"]) if "error" not in r else "err"
-            lines.append(_row([b, f"{r['batch']} x {r['length']}", sec, val, ratio, mem]))
+    lines = ["", "### One Agent.update (world model + actor-critic), per action mode", "",
+             "| action mode | backbone | B x T | s/update | updates/s | x RSSM | mem |",
+             "|---|---|---|---|---|---|---|"]
+    for mode, rows in modes.items():
+        for b in names:
+            if b in rows:
+                r = rows[b]
+                val, ratio, mem = _cells(r, rows.get("rssm"))
+                sec = _num(r["median_s"]) if "error" not in r else "err"
+                lines.append(_row([ACTION_MODES[mode]["label"], b, f"{r['batch']} x {r['length']}",
+                                   sec, val, ratio, mem]))
     return lines
 
 
 def _phase_table(results, names) -> list[str]:
-    rows = {r["backbone"]: r for r in results if r["kind"] == "agent" and "phases" in r}
-    if not rows:
+    modes = _by_mode(results, phases=True)
+    if not modes:
         return []
     lines = ["", "### One Agent.update by phase: seconds under torch.profiler (share)", "",
-             "| backbone | " + " | ".join(PHASES) + " | profiled total |",
-             "|---|" + "---|" * (len(PHASES) + 1)]
-    for b in names:
-        if b in rows:
-            ph = rows[b]["phases"]
-            total = sum(ph.values()) or 1.0
-            cells = [f"{_num(ph[k])} ({100 * ph[k] / total:.0f}%)" if k in ph else "-"
-                     for k in PHASES]
-            lines.append(_row([b, *cells, _num(total)]))
+             "| action mode | backbone | " + " | ".join(PHASES) + " | profiled total |",
+             "|---|---|" + "---|" * (len(PHASES) + 1)]
+    for mode, rows in modes.items():
+        for b in names:
+            if b in rows:
+                ph = rows[b]["phases"]
+                total = sum(ph.values()) or 1.0
+                cells = [f"{_num(ph[k])} ({100 * ph[k] / total:.0f}%)" if k in ph else "-"
+                         for k in PHASES]
+                lines.append(_row([ACTION_MODES[mode]["label"], b, *cells, _num(total)]))
     return lines
 
 

@@ -13,7 +13,10 @@ Cases (each in a fresh subprocess unless --in-process, so a case's peak memory i
     imagine  wm.imagine from wm.initial_state(N) with random one-hot actions, for N in
              --imag-batches and horizons Hz in --horizons, without and with decoding every imagined
              frame (one decoder call per imagined step); throughput = N * Hz / time
-    agent    build_agent + Agent.update on a (B, --agent-length) batch at the config's sizes
+    agent    build_agent + Agent.update on a (B, --agent-length) batch at the config's sizes, in
+             each of --action-modes: onehot (discrete actions, ac.actor_grad reinforce, as the
+             miniworld block) and continuous (actions in [-1, 1], ac.actor_grad straight_through:
+             dynamics backprop through imagination, as the dmc block); every table names the mode
 Long sequences, as training with train.carry_state runs them (| = a chunk border): per chunk
 observe/loss, backward and AdamW, the state carried to the next chunk detached:
     rssm       |tbtt_length|tbtt_length|..   (RSSM-TBTT)
@@ -42,7 +45,8 @@ import time
 
 import torch
 
-from bench.backbone_cases import CASES, SIZES, config_for, matched_overrides, param_counts
+from bench.backbone_cases import (ACTION_MODES, CASES, SIZES, config_for, matched_overrides,
+                                  param_counts)
 from bench.backbone_report import plot, render
 from bench.timing import PeakMemory, measure, profile_phases, profile_top
 from common.machine import machine
@@ -86,9 +90,9 @@ def case_specs(args, overrides: dict) -> list[dict]:
                                           "profile_length", "out")}
     specs = []
 
-    def add(kind, backbone, length, **extra):
+    def add(kind, backbone, length, settings=None, **extra):
         specs.append({**base, **extra, "kind": kind, "backbone": backbone, "length": length,
-                      "overrides": overrides[backbone.rstrip("1")]})
+                      "overrides": {**overrides[backbone.rstrip("1")], **(settings or {})}})
     for T in args.lengths:
         if "train" in args.kinds:
             for b in args.backbones:
@@ -101,15 +105,17 @@ def case_specs(args, overrides: dict) -> list[dict]:
         for b in args.backbones:
             add("imagine", b, 0, imag_batches=args.imag_batches, horizons=args.horizons)
     if "agent" in args.kinds:
-        for b in args.backbones:
-            add("agent", b, args.agent_length)
+        for mode in args.action_modes:  # the backbones of one mode back to back
+            for b in args.backbones:
+                add("agent", b, args.agent_length, action_mode=mode,
+                    settings={"ac.actor_grad": ACTION_MODES[mode]["ac.actor_grad"]})
     return specs
 
 
 def spawn(spec: dict, timeout: float, mem_limit_gb: float) -> list[dict]:
     """run_case in a fresh interpreter; a crash or timeout becomes one record with an 'error'."""
     cmd = [sys.executable, "-m", "bench.backbones", "--case", json.dumps(spec)]
-    fail = {k: spec[k] for k in ("kind", "backbone", "length", "batch")}
+    fail = {k: spec[k] for k in ("kind", "backbone", "length", "batch", "action_mode") if k in spec}
 
     def limit():  # in the child: allocations past the limit fail (mmap counts since Linux 4.7)
         if spec["device"] == "cpu" and mem_limit_gb > 0:
@@ -172,7 +178,9 @@ def parse_args(argv):
     p.add_argument("--imag-batches", type=_ints, default=[16, 256], help="N of imagination")
     p.add_argument("--horizons", type=_ints, default=[15, 64], help="imagination horizons Hz")
     p.add_argument("--agent-length", type=int, default=64, help="T of the agent-update batch")
-    p.add_argument("--act-dim", type=int, default=4, help="one-hot action size")
+    p.add_argument("--act-dim", type=int, default=4, help="action size (one-hot or continuous)")
+    p.add_argument("--action-modes", type=_words(list(ACTION_MODES)), default=list(ACTION_MODES),
+                   help="agent case: onehot (REINFORCE), continuous (dynamics backprop)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                    help="torch intra-op threads (default: the cores this process may use)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
@@ -224,6 +232,8 @@ def main(argv=None) -> list[dict]:
                                       f"mem {r['mem_mb']:.0f} MiB")
             extra = (f" N={r['imag_batch']} Hz={r['horizon']} decode={r['decode']}"
                      if "horizon" in r else f" T={r['length']}")
+            if "action_mode" in r:
+                extra += f" {ACTION_MODES[r['action_mode']]['label']}"
             print(f"[{i + 1}/{len(specs)} {time.time() - start:5.0f}s] {r['kind']} {r['backbone']}"
                   f"{extra}: {what}", flush=True)
         results += records

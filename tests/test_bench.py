@@ -19,11 +19,18 @@ def test_every_case_runs_and_the_report_is_written(tmp_path):
         assert {("train", b), ("seq", b), ("imagine", b), ("agent", b)} <= kinds
     assert ("seq", "tssm1") in kinds
     assert len([r for r in results if r["kind"] == "imagine"]) == 2 * len(BACKBONES)  # +- decode
+    # the agent update in both action modes, each with its own actor gradient, named in the table
+    modes = {(r["backbone"], r["action_mode"], r["actor_grad"]) for r in results
+             if r["kind"] == "agent"}
+    assert modes == {(b, m, g) for b in BACKBONES for m, g in
+                     (("onehot", "reinforce"), ("continuous", "straight_through"))}
     assert all(r["median_s"] > 0 and r["mem_mb"] is not None for r in results)
 
     table = (tmp_path / "bench.md").read_text()
     assert "| T | backbone | world model it/s" in table and "Machine:" in table
     assert all(f"| 12 | {b} |" in table for b in BACKBONES)
+    assert all(f"| {label} | {b} | 2 x 8 |" in table for b in BACKBONES
+               for label in ("one-hot, REINFORCE", "continuous, dynamics backprop"))
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["machine"]["torch"] and len(saved["results"]) == len(results)
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
@@ -31,16 +38,19 @@ def test_every_case_runs_and_the_report_is_written(tmp_path):
 
 def test_a_case_runs_in_its_own_process_and_is_profiled(tmp_path):
     results = backbones.main(TOY + ["--backbones", "rssm", "--kinds", "seq,agent", "--lengths",
-                                    "8", "--profile-length", "8", "--out", str(tmp_path)])
+                                    "8", "--profile-length", "8", "--action-modes", "continuous",
+                                    "--out", str(tmp_path)])
     [record, update] = results
     assert "error" not in record, record
     assert record["kind"] == "seq" and record["length"] == 8 and record["peak_mb"] > 0
     assert record["profile"] and (tmp_path / "profile_seq_rssm.txt").exists()
     # the agent update is split into its record_function phases, each of them seen
     assert update["kind"] == "agent" and set(update["phases"]) == set(timing.PHASES)
+    assert update["action_mode"] == "continuous" and update["actor_grad"] == "straight_through"
     assert all(t > 0 for t in update["phases"].values())
     table = (tmp_path / "bench.md").read_text()
     assert "### Top ops by self time" in table and "### One Agent.update by phase" in table
+    assert "| continuous, dynamics backprop | rssm |" in table
 
 
 def test_learning_benchmark_plots_existing_runs(tmp_path):
