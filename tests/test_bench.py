@@ -2,6 +2,8 @@
 every backbone and the table, JSON and plot are written. Timings themselves are not checked."""
 import json
 
+import torch
+
 from bench import backbones, timing
 from world_models import BACKBONES
 
@@ -131,3 +133,24 @@ def test_study_errors_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     choices = "proprio, minigrid_memory, bsuite_memory"
     assert err == f"error: unknown study 'proprioo' (choices: {choices})"
+
+
+def test_cnn_benchmark_counts_the_convolutions_and_writes_its_report(tmp_path):
+    """bench.cnn: the multiply-adds FlopCounterMode gives for the encoder's forward equal the
+    convolutions' hand count (debug size: 64x64, depth 4, four stride-2 4x4 convs), the backward
+    adds the weight and input gradients (none for the uint8 input), and the report is written."""
+    from bench import cnn
+    from bench.backbone_cases import config_for
+    cfg = config_for("debug", "rssm", {})
+    fns = cnn.passes(cfg, batch=1, length=2, device=torch.device("cpu"))
+    # out H*W x C_out x C_in x 4*4 per conv: 32x32x4x3, 16x16x8x4, 8x8x16x8, 4x4x32x16
+    per_frame = 16 * (32 * 32 * 4 * 3 + 16 * 16 * 8 * 4 + 8 * 8 * 16 * 8 + 4 * 4 * 32 * 16)
+    assert cnn.macs(fns["encoder forward"]) == 2 * per_frame
+    first = 16 * 32 * 32 * 4 * 3  # the first conv has no input gradient to compute
+    assert cnn.macs(fns["encoder forward+backward"]) == 2 * (3 * per_frame - first)
+    res = cnn.main(["--size", "debug", "--batch", "1", "--length", "2", "--repeats", "1",
+                    "--threads", "1", "--gemm", "64", "--ghz", "2.0", "--out", str(tmp_path)])
+    assert [r["pass"] for r in res["passes"]] == list(fns)
+    assert res["theory_gmacs_per_s"] == 32.0 and all(r["gmacs_per_s"] > 0 for r in res["passes"])
+    table = (tmp_path / "cnn.md").read_text()
+    assert "| encoder forward+backward |" in table and "of theoretical" in table
