@@ -19,7 +19,7 @@ NOT_SEQ = ("encoder.", "decoder.", "reward_head.", "cont_head.")  # outside the 
 DEPTH_WORDS = ("n_blocks", "n_layers")  # a backbone section's depth key, for --match-params
 # The agent case's action modes: how the actor acts and gets its gradient (configs.yaml `ac`).
 # onehot: discrete actions, REINFORCE (DreamerV3's default, the miniworld block); continuous:
-# tanh-Gaussian actions in [-1, 1], dynamics backprop through imagination (the dmc block).
+# bounded normal actions in [-1, 1] (tanh mean), dynamics backprop through imagination (the dmc block).
 ACTION_MODES = {"onehot": {"discrete": True, "ac.actor_grad": "reinforce",
                            "label": "one-hot, REINFORCE"},
                 "continuous": {"discrete": False, "ac.actor_grad": "straight_through",

@@ -49,7 +49,8 @@ def render(info: dict, results: list[dict], args) -> str:
     for b in names:
         r = next((r for r in ok if r["backbone"] == b), None)
         if r:
-            over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "—"
+            over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()
+                             if k != "ac.actor_grad") or "—"  # the agent's mode: its own column
             lines.append(_row([b, over, f"{r['seq_params']:,}", f"{r['total_params']:,}"]))
     lines += ["", "### Training step: iterations/s (x RSSM-TBTT at the same T), mem MiB", "",
               "| T | backbone | world model it/s | x RSSM | mem "

@@ -14,10 +14,14 @@ Multiply-adds are counted by torch.utils.flop_counter.FlopCounterMode over the s
 convolutions, transposed convolutions and the decoder's input Linear; GroupNorm, SiLU and the
 image conversion count nothing but take time, which is the point of comparing).
 
-Peak, two ways: the theoretical multiply-add rate, cores x clock x MACs per cycle (--macs-per-cycle,
-default 16: AVX2 with two 256-bit FMA units, 8 float32 lanes each; the clock from /proc/cpuinfo, or
---ghz), and the rate a large float32 matmul reaches on the same threads (--gemm 2048: what the
-BLAS gets, the practical ceiling). Each pass is reported as G multiply-adds/s and as a share of both.
+Peak, two ways: the theoretical multiply-add rate, cores x clock x MACs per cycle (cores: the
+threads, at most the physical cores, since SMT siblings share one core's FMA units;
+--macs-per-cycle, default 16: AVX2 with two 256-bit FMA units, 8 float32 lanes each; the clock is
+/proc/cpuinfo's current reading of the first core, a snapshot that may be below the sustained
+all-core clock: pass --ghz to fix it), and the rate a large float32 matmul reaches on the same
+threads (--gemm 2048: what the BLAS gets, the practical ceiling). Each pass is reported as G
+multiply-adds/s and as a share of both. On CUDA, TF32 is switched off for both the convolutions and
+the matmul, so the two are compared in full float32.
 Writes <out>/cnn.md and cnn.json (median of --repeats after one warm-up).
 """
 from __future__ import annotations
@@ -45,6 +49,25 @@ def clock_ghz() -> float | None:
         with open("/proc/cpuinfo") as f:
             return next(float(l.split(":")[1]) for l in f if l.startswith("cpu MHz")) / 1e3
     except (OSError, StopIteration, ValueError):
+        return None
+
+
+def physical_cores() -> int | None:
+    """Distinct (physical id, core id) pairs of the CPUs this process may run on, or None."""
+    try:
+        allowed, cores, cpu, package = os.sched_getaffinity(0), set(), None, "0"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = int(value)
+                elif key == "physical id":
+                    package = value
+                elif key == "core id" and cpu in allowed:
+                    cores.add((package, value))
+        return len(cores) or None
+    except (OSError, ValueError):
         return None
 
 
@@ -104,12 +127,15 @@ def gemm_rate(n: int, device, repeats: int) -> float:
 
 def run(args) -> dict:
     device = torch.device(args.device)
+    if device.type == "cuda":  # full float32 on both sides of the comparison
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = config_for(args.size, "rssm", {})  # the CNN is the same for every backbone
     info = machine(device)
     ghz = args.ghz or clock_ghz()
-    theory = (args.threads * ghz * args.macs_per_cycle if ghz and device.type == "cpu" else None)
+    cores = min(args.threads, physical_cores() or args.threads)
+    theory = cores * ghz * args.macs_per_cycle if ghz and device.type == "cpu" else None
     gemm = gemm_rate(args.gemm, device, args.repeats)
     rows = []
     for name, fn in passes(cfg, args.batch, args.length, device).items():
@@ -125,15 +151,18 @@ def run(args) -> dict:
                  else ")"), flush=True)
     return {"machine": info, "size": args.size, "batch": args.batch, "length": args.length,
             "image_size": cfg.env.image_size, "cnn_depth": cfg.wm.cnn_depth,
-            "threads": args.threads, "ghz": ghz, "macs_per_cycle": args.macs_per_cycle,
+            "threads": args.threads, "cores": cores, "ghz": ghz,
+            "clock": "given (--ghz)" if args.ghz else "/proc/cpuinfo snapshot",
+            "macs_per_cycle": args.macs_per_cycle,
             "theory_gmacs_per_s": round(theory, 1) if theory else None,
             "gemm": args.gemm, "gemm_gmacs_per_s": round(gemm, 1), "passes": rows}
 
 
 def render(res: dict) -> str:
     m = res["machine"]
-    theory = (f"{res['theory_gmacs_per_s']:g} G/s theoretical ({res['threads']} threads x "
-              f"{res['ghz']:.2f} GHz x {res['macs_per_cycle']} multiply-adds per cycle)"
+    theory = (f"{res['theory_gmacs_per_s']:g} G/s theoretical ({res['cores']} cores x "
+              f"{res['ghz']:.2f} GHz ({res['clock']}) x {res['macs_per_cycle']} multiply-adds "
+              "per cycle)"
               if res["theory_gmacs_per_s"] else "no theoretical figure (GPU, or no clock known)")
     lines = [f"## CNN passes against the peak: size `{res['size']}`", "",
              f"Machine: {m.get('gpu') or m['cpu']} ({m['cores']} cores visible, {res['threads']} "

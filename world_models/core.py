@@ -39,7 +39,7 @@ class SequenceCore(nn.Module):
         else the state *after* consuming g_t for each t in positions, as a pytree whose batch
         dimension is B*K ordered b-major (row b*K + k is batch b at positions[k]). These are the
         start states of imagination; they need not carry gradient (the agent detaches them), so a
-        core may compute them without building a graph. A leaf may be a LazyStart (above) that only
+        core may compute them without building a graph. A leaf may be a LazyStart (common/tree.py) that only
         this core's step / rollout_begin / rollout_end read (S4WM: S4DStart, whose states are
         never built when a rollout does not need them); `rollout_end(states_at)` gives tensors.
         """

@@ -21,8 +21,9 @@ class S4DStart(LazyStart):
     saw them. A rollout needs only their free response over its first window, `free`, which is a
     convolution of the inputs (no (B*K, H, N/2) complex state is built); the states themselves
     are built once on demand (`states`) by `step`, by a window's fold and by
-    `S4DRollout.rollout_end`. A LazyStart (world_models/core.py): not a tensor, so index, move or
-    save start states only after `rollout_end` (or `states()`) has made them tensors.
+    `S4DRollout.rollout_end`. A LazyStart (common/tree.py, part of world_models/core.py's
+    contract): not a tensor, so the tree helpers refuse it (but `detach`); index, move or save
+    start states only after `rollout_end` (or `states()`) has made them tensors.
 
     Built under no_grad (imagination starts carry no gradient, core.py); `free` runs in the grad
     mode of `rollout_begin`, so the rollout parameters' readout weights get their gradient as with
