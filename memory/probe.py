@@ -33,7 +33,10 @@ from memory: a probe reads the cue colour (8 classes, cross-entropy) from the fe
 frame (the cue in view: `cue_acc_start`) and of the last frame before the end squares come into view
 (`cue_acc_hallway_end`: the agent ~width cells down the hallway; later frames show the end squares,
 one of them the cue's colour, which would narrow the guess to two without any memory). Chance is
-1/8 for both; what the first frame shows but the hallway end has lost was forgotten.
+1/8 for both; what the first frame shows but the hallway end has lost was forgotten. At the first
+frame the features [h, z] hold the frame only through z, one sample of the posterior (h has not
+seen it yet), so a third probe reads the posterior distribution of frame 0 itself
+(`cue_acc_start_posterior`): perception without the sampling noise, the perception gate's measure.
 
 Every probe is fitted on four fifths of the given training episodes and early-stopped on the rest
 (`fit`, `held_out`): with few mazes (the CPU scale has 200; the memory-maze dataset 29k) an MLP
@@ -90,12 +93,13 @@ def local_layout(layout: np.ndarray, pos: np.ndarray, heading: np.ndarray, radiu
 
 @torch.no_grad()
 def features(wm, episodes: list[dict], *, batch: int, chunk: int, device, stride: int = 1,
-             frame_only: bool = False) -> list[torch.Tensor]:
+             frame_only: bool = False, posterior: bool = False) -> list[torch.Tensor]:
     """Posterior features of each episode, every `stride`-th frame: [(ceil(T_i / stride), F)] float32
     on the CPU. Episodes are observed `batch` at a time, the shorter ones padded at the end (the
     models are causal: padding never changes an earlier feature), in chunks of `chunk` steps with
     the state carried, as in training. frame_only: the encoder's embedding of each frame instead
-    (no memory: the control that says what one frame shows)."""
+    (no memory: the control that says what one frame shows). posterior: the posterior
+    distribution of each step (wm.posterior: no sample drawn) instead of [h, z]."""
     out = []
     for s in range(0, len(episodes), batch):
         group = episodes[s:s + batch]
@@ -104,7 +108,7 @@ def features(wm, episodes: list[dict], *, batch: int, chunk: int, device, stride
         if frame_only:
             feat = torch.cat([wm.encoder(data["image"][:, t:t + chunk]) for t in range(0, T, chunk)], 1)
         else:
-            feat, _ = observe(wm, data, wm.initial_state(len(group)), chunk)  # (B, T, F)
+            feat, _ = observe(wm, data, wm.initial_state(len(group)), chunk, posterior)  # (B, T, F)
         out += [feat[i, :len(e["image"]):stride].float().cpu() for i, e in enumerate(group)]
     return out
 
@@ -257,17 +261,24 @@ def hallway_end(episode: dict) -> int:
 def cue_scores(wm, train: list[dict], test: list[dict], *, batch: int, chunk: int, device,
                updates: int = 2000, lr: float = 1e-3, seed: int = 0) -> dict:
     """Distracting Memory: cue colour probes at the first frame and at the hallway's end (module
-    docstring): {'cue_acc_start', 'cue_acc_hallway_end'}, fractions of `test` right."""
+    docstring): {'cue_acc_start', 'cue_acc_start_posterior', 'cue_acc_hallway_end'}, fractions of
+    `test` right. cue_acc_start reads [h, z] of frame 0, where h holds nothing of the frame yet and
+    z is one sample of the posterior; cue_acc_start_posterior reads the posterior distribution
+    itself (wm.posterior), i.e. what the model perceives in frame 0 without the sampling noise."""
     def rows(episodes):
         feats = features(wm, episodes, batch=batch, chunk=chunk, device=device)  # [(T_i, F)]
         start = torch.stack([f[0] for f in feats])
         end = torch.stack([f[hallway_end(e)] for f, e in zip(feats, episodes)])
-        return start, end, torch.tensor([int(e["cue"][0]) for e in episodes])
+        first = [{k: e[k][:1] for k in MODEL_KEYS} for e in episodes]  # frame 0 is all it needs
+        post = torch.stack([f[0] for f in features(wm, first, batch=batch, chunk=chunk,
+                                                   device=device, posterior=True)])
+        return start, post, end, torch.tensor([int(e["cue"][0]) for e in episodes])
 
-    s_tr, e_tr, y_tr = rows(train)
-    s_te, e_te, y_te = rows(test)
+    s_tr, p_tr, e_tr, y_tr = rows(train)
+    s_te, p_te, e_te, y_te = rows(test)
     n, scores = held_out(len(train)), {}
-    for name, x_tr, x_te in (("cue_acc_start", s_tr, s_te), ("cue_acc_hallway_end", e_tr, e_te)):
+    for name, x_tr, x_te in (("cue_acc_start", s_tr, s_te), ("cue_acc_start_posterior", p_tr, p_te),
+                             ("cue_acc_hallway_end", e_tr, e_te)):
         val = (x_tr[n:], y_tr[n:]) if n < len(train) else None
         p = fit(x_tr[:n], y_tr[:n], nn.functional.cross_entropy, updates=updates, batch=256, lr=lr,
                 seed=seed, out_dim=len(COLOURS), val=val)

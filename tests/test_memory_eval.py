@@ -264,6 +264,9 @@ class _PlantedModel(torch.nn.Module):
     def feat(self, out):
         return out
 
+    def posterior(self, out):  # the planted features are what it "perceives"
+        return out
+
 
 def _maze_episode(rng, T=6, K=3):
     layout = (rng.random((9, 9)) < 0.6).astype(np.uint8)
@@ -358,6 +361,7 @@ def test_cue_probes_tell_a_forgetting_model_from_a_remembering_one():
     forgets = probe.cue_scores(_PlantedModel(), train, test, **kw)
     remembers = probe.cue_scores(_CarryModel(), train, test, **kw)
     assert forgets["cue_acc_start"] == remembers["cue_acc_start"] == 1.0  # both see the cue
+    assert forgets["cue_acc_start_posterior"] == remembers["cue_acc_start_posterior"] == 1.0
     assert remembers["cue_acc_hallway_end"] == 1.0
     assert forgets["cue_acc_hallway_end"] < 0.35  # only chance (1/8) is left
 
@@ -369,7 +373,8 @@ def test_offline_distracting_memory_end_to_end_scores_rewards_and_cue_probes(tmp
     res = run_main(tmp_path, args)
     assert res.returncode == 0, res.stderr[-2000:]
     s = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["summary"]
-    for key in ("reward_acc_inference", "reward_acc_imagination", "cue_acc_start", "cue_acc_hallway_end"):
+    for key in ("reward_acc_inference", "reward_acc_imagination", "cue_acc_start",
+                "cue_acc_start_posterior", "cue_acc_hallway_end"):
         assert 0 <= s[key] <= 1 and s[key] * 4 == round(s[key] * 4), key  # fractions of 4 test episodes
 
 
@@ -392,3 +397,37 @@ def test_probe_early_stopping_keeps_what_generalises():
         stopped = probe.wall_loss(probe.fit(x, y, probe.wall_loss, val=(xv, yv), **kw)(xv), yv)
     assert memorised > 0.9 and stopped < 0.72  # noise labels: memorising hurts; stopping keeps ~log 2
     assert probe.held_out(200) == 160 and probe.held_out(4) == 4
+
+
+@pytest.mark.parametrize("backbone", ["s4wm", "rssm"])
+def test_posterior_features_are_the_unsampled_posterior_of_each_frame(backbone):
+    """probe.features(posterior=True): per step the posterior's class probabilities (each latent
+    variable sums to 1), at frame 0 exactly latent.probs of the posterior the observe pass computes
+    from the initial state and frame 0 alone (no sample drawn: two passes agree; for S4WM, whose
+    posterior reads the frame alone, at every step), while [h, z] holds a sample and so differs
+    between passes."""
+    from common.config import load_blocks, merge
+    from memory import probe
+    from world_models import build_world_model
+    torch.manual_seed(0)
+    cfg = merge(load_blocks(), ["debug", backbone], {})
+    wm = build_world_model(cfg, 3)
+    rng = np.random.default_rng(0)
+    episodes = [_cue_episode(rng) for _ in range(3)]
+    kw = dict(batch=2, chunk=4, device="cpu")
+    post = probe.features(wm, episodes, posterior=True, **kw)
+    assert [p.shape for p in post] == [(8, cfg.wm.stoch * cfg.wm.classes)] * 3
+    sums = torch.stack(post).reshape(3, 8, cfg.wm.stoch, cfg.wm.classes).sum(-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums))
+    again = probe.features(wm, episodes, posterior=True, **kw)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(post, again))  # frame 0: no sample before it
+    if backbone == "s4wm":  # its posterior reads the frame alone; RSSM's also h, fed by samples
+        assert all(torch.equal(a, b) for a, b in zip(post, again))
+    e = episodes[0]
+    with torch.no_grad():
+        out, _, _ = wm.observe(wm.encoder(torch.as_tensor(e["image"][None, :1])),
+                               torch.as_tensor(e["action"][None, :1]),
+                               torch.as_tensor(e["is_first"][None, :1]), wm.initial_state(1))
+    torch.testing.assert_close(post[0][0], wm.latent.probs(out["post"][0, 0]).flatten())
+    feats = [probe.features(wm, episodes[:1], **kw)[0] for _ in range(2)]
+    assert not torch.equal(feats[0], feats[1])  # z is sampled

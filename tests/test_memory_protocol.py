@@ -179,10 +179,21 @@ def test_perception_gate_and_standard_errors_in_the_report_table():
     results = {"s4wm": [{"seed": "0", "updates": 5, "summary": {"cue_acc_start": 0.97,
                                                                "reward_acc_inference": 0.6}},
                         {"seed": "1", "updates": 5, "summary": {"cue_acc_start": 0.90,
-                                                               "reward_acc_inference": 0.8}}]}
+                                                               "reward_acc_inference": 0.8}},
+                        {"seed": "2", "updates": 5, "summary": {"cue_acc_start": 0.40,
+                                                               "cue_acc_start_posterior": 0.96,
+                                                               "reward_acc_inference": 0.7}},
+                        {"seed": "3", "updates": 5, "summary": {"cue_acc_start": 0.99,
+                                                               "cue_acc_start_posterior": 0.5,
+                                                               "reward_acc_inference": 0.7}}]}
     gate = "\n".join(report.perception_gate(results))
-    assert "| s4wm | 0 | 97.0% | yes |" in gate and "| s4wm | 1 | 90.0% | **no**" in gate
-    row = [line for line in report.table(results) if line.startswith("| s4wm")][0]
+    # the posterior probe decides where it was measured, the [h, z] probe before it existed
+    assert "| s4wm | 0 | not measured | 97.0% | yes |" in gate
+    assert "| s4wm | 1 | not measured | 90.0% | **no**" in gate
+    assert "| s4wm | 2 | 96.0% | 40.0% | yes |" in gate
+    assert "| s4wm | 3 | 50.0% | 99.0% | **no**" in gate
+    two = {"s4wm": results["s4wm"][:2]}
+    row = [line for line in report.table(two) if line.startswith("| s4wm")][0]
     assert "70.0% ± 10.0%" in row  # mean 0.7, standard error 0.1414 / sqrt(2) = 0.1
     assert report.perception_gate({"rssm": [{"summary": {"gen_mse": 0.1}}]}) == []
 

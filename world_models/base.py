@@ -120,6 +120,16 @@ class WorldModel(nn.Module):
         """[h, z] of a state (B, F) or of an observe output (B, T, F)."""
         return torch.cat([x["h"], x["z"]], -1)
 
+    def posterior(self, out: dict) -> torch.Tensor:
+        """What the posterior of an observe output holds at each step, without sampling it:
+        (B, T, S*C) class probabilities (categorical; unimix included) or the Gaussian's
+        (B, T, 2*S) raw stats. At t = 0, feat's h holds nothing of frame 0 and z is one sample of
+        this distribution, so a probe on feat measures perception plus sampling noise; a probe
+        on this measures perception alone (memory/probe.py's cue probe)."""
+        if self.latent.kind == "categorical":
+            return self.latent.probs(out["post"]).flatten(-2)
+        return out["post"].float()
+
     def reward(self, feat):
         return TwoHot(self.reward_head(feat), self.bins).mean()
 
