@@ -32,13 +32,12 @@ import os
 import pathlib
 import statistics
 import sys
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.backbone_cases import SIZES, config_for
-from bench.timing import sync
+from bench.timing import measure
 from common.machine import machine
 from world_models import build_world_model
 
@@ -79,16 +78,9 @@ def macs(fn) -> int:
 
 
 def timed(fn, device, repeats: int) -> float:
-    """Median seconds of fn over `repeats` calls after one warm-up call."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of fn over `repeats` calls after one warm-up call (bench/timing.measure)."""
+    return statistics.median(measure(lambda length=None: fn(), device, warmup=1, repeats=repeats,
+                                     budget=float("inf"), warm_length=None))
 
 
 def passes(cfg, batch: int, length: int, device, seed: int = 0) -> dict:
