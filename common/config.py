@@ -48,6 +48,7 @@ def register_choices(key: str, choices) -> None:
 # key must also be finite: nan and inf mean nothing anywhere. Checked after merging, one line each.
 BOUNDS = {
     "seed": "[0, 4294967296)",  # numpy and the env workers take 32-bit seeds
+    "memory.seed": "[0, 4294967296)",
     "steps": "[0, inf)", "threads": "[0, 4096]",
     "env.envs": "[1, inf)", "env.eval_envs": "[1, inf)",
     "env.image_size": "[8, inf) a power of two",  # stride-2 convolutions down to 4 x 4

@@ -4,15 +4,15 @@ episodes of scripted policies): one .npz file per episode.
     python -m memory.collect --configs four_rooms [--memory.episodes 100 --memory.workers 2 ...]
 
 Blocks (configs.yaml): two_rooms, four_rooms, ten_rooms, two_rooms_teleport, four_rooms_teleport,
-ten_rooms_teleport, distracting_memory, multi_doors_keys, memory_maze_probe; keys: the `memory` section, `seed`,
-`env.image_size` and `run.progress`.
+ten_rooms_teleport, distracting_memory, multi_doors_keys, memory_maze_probe; keys: the `memory` section
+(`memory.seed` draws the episodes), `env.image_size` and `run.progress`.
 
 Files: <out>/episode-<i:06d>.npz, written atomically (temp file + fsync + rename, as replay chunks
 are). A readable file already there is kept, so a rerun adds only missing episodes and writes
 again one that was cut short (copied half, say); leftover temp files of killed writes are removed.
 Workers ignore Ctrl-C / SIGTERM (the parent stops them within a second) and exit on their own when
 the parent dies (kill -9 included), so none goes on writing.
-Episode i comes from envs.env_seed(seed, i) alone (the env from that seed, the policy from
+Episode i comes from envs.env_seed(memory.seed, i) alone (the env from that seed, the policy from
 [that seed, 1]), so the worker count never changes a file. <out>/dataset.yaml records the settings;
 a rerun into the same folder with other settings fails. `Replay(out, capacity, readonly=True)`
 loads the folder, each file a stream of its own.
@@ -317,7 +317,7 @@ def collect(config) -> dict:
     """Write the missing episodes of the dataset `config` describes; returns counts and timings."""
     spec, m = Spec.from_config(config), config.memory
     out = dataset_folder(config)
-    check_folder(out, spec, config.seed)
+    check_folder(out, spec, m.seed)
     todo = [i for i in range(m.episodes) if not complete(episode_path(out, i))]
     bar = None
     if config.run.progress:
@@ -334,9 +334,9 @@ def collect(config) -> dict:
     try:
         if m.workers == 1 or len(todo) <= 1:
             for i in todo:
-                done(collect_one(spec, config.seed, i, out))
+                done(collect_one(spec, m.seed, i, out))
         else:
-            _collect_parallel(spec, config.seed, todo, out, m.workers, done)
+            _collect_parallel(spec, m.seed, todo, out, m.workers, done)
     finally:
         close_envs()
         if bar is not None:

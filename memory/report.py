@@ -6,7 +6,8 @@ write one report folder with a markdown table, plots and side-by-side imaginatio
 
 Each cell is an ordinary `main.py` offline run in <out>/<backbone>_seed<seed> (extra --key value
 arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones).
-The dataset is made once (memory.out, default datasets/<name>) and shared by every cell.
+The dataset is made once (memory.out, default datasets/<name>; episodes drawn from memory.seed, not from
+the run seeds) and shared by every cell.
 Writes <out>/report.md (table: mean +- standard error over seeds of every eval/metrics.json summary
 value; Distracting Memory: the perception gate, a memory score counts only where the model reads the
 cue colour from the first frame at least PERCEPTION_GATE of the time; the cost of every cell),

@@ -296,3 +296,17 @@ def test_datasets_written_before_a_spec_key_existed_still_load(tmp_path):
     collect.check_folder(str(tmp_path), spec, 0)  # the missing key takes its default
     with pytest.raises(ConfigError, match="maze"):
         collect.check_folder(str(tmp_path), Spec(**{**spec.__dict__, "maze": "9x9"}), 0)
+
+
+def test_training_seeds_share_a_dataset_and_memory_seed_draws_another(tmp_path):
+    """memory.report trains several seeds on one dataset: the run's seed must not change (or refuse)
+    the episodes; memory.seed is the dataset's own seed."""
+    overrides = {"memory.width": "6", "memory.episodes": "2"}
+    collect.collect(_config("distracting_memory", tmp_path / "a", **overrides))
+    again = collect.collect(_config("distracting_memory", tmp_path / "a", seed="1", **overrides))
+    assert again["written"] == 0  # seed 1 reuses seed 0's dataset
+    collect.collect(_config("distracting_memory", tmp_path / "b", **{**overrides, "memory.seed": "1"}))
+    a, b = _load(tmp_path / "a"), _load(tmp_path / "b")
+    assert any(not np.array_equal(a[n]["image"], b[n]["image"]) for n in a)  # other episodes
+    with pytest.raises(ConfigError, match="seed=0 but this command gives seed=1"):
+        collect.collect(_config("distracting_memory", tmp_path / "a", **{**overrides, "memory.seed": "1"}))
