@@ -17,7 +17,7 @@ from torch.profiler import record_function
 
 from agent.actor_critic import ActorCritic
 from common import parallel
-from common.health import check_growth, optimizer_step
+from common.health import adamw, check_growth, load_optimizer, optimizer_step
 from common.tree import detach, where_reset
 from replay import to_torch
 from world_models import build_world_model
@@ -28,10 +28,10 @@ class Agent(torch.nn.Module):
         super().__init__()
         self.wm, self.ac, self.start_stride = wm, ac, start_stride
         self.wm_clip, self.ac_clip = wm_opt.pop("grad_clip"), ac_opt.pop("grad_clip")
-        self.wm_opt = torch.optim.AdamW(wm.parameters(), **wm_opt)
+        self.wm_opt = adamw(wm.parameters(), **wm_opt)
         ac_kw = {"eps": ac_opt["eps"], "weight_decay": 0.0}
-        self.actor_opt = torch.optim.AdamW(ac.actor.parameters(), lr=ac_opt["actor_lr"], **ac_kw)
-        self.critic_opt = torch.optim.AdamW(ac.critic.parameters(), lr=ac_opt["critic_lr"], **ac_kw)
+        self.actor_opt = adamw(ac.actor.parameters(), lr=ac_opt["actor_lr"], **ac_kw)
+        self.critic_opt = adamw(ac.critic.parameters(), lr=ac_opt["critic_lr"], **ac_kw)
         self.sizes = {name: sum(p.numel() for p in net.parameters())  # weights per network
                       for name, net in (("world model", wm), ("actor", ac.actor),
                                         ("critic", ac.critic))}
@@ -129,9 +129,9 @@ class Agent(torch.nn.Module):
 
     def restore(self, ckpt: dict) -> None:
         self.load_state_dict(ckpt["model"])
-        self.wm_opt.load_state_dict(ckpt["wm_opt"])
-        self.actor_opt.load_state_dict(ckpt["actor_opt"])
-        self.critic_opt.load_state_dict(ckpt["critic_opt"])
+        load_optimizer(self.wm_opt, ckpt["wm_opt"])
+        load_optimizer(self.actor_opt, ckpt["actor_opt"])
+        load_optimizer(self.critic_opt, ckpt["critic_opt"])
 
 
 def build_agent(config, act_dim: int, discrete: bool, device, spaces: dict | None = None) -> Agent:

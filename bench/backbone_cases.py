@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from common.config import load_blocks, merge
+from common.health import adamw
 from common.tree import detach
 from world_models import build_world_model, losses
 
@@ -107,7 +108,7 @@ def case_train(cfg, spec, device):
     B, T = spec["batch"], spec["length"]
     wm = build_world_model(cfg, spec["act_dim"]).to(device)
     data = make_batch(B, T, spec["act_dim"], cfg.env.image_size, spec["seed"], device)
-    opt = torch.optim.AdamW(wm.parameters(), lr=1e-4)
+    opt = adamw(wm.parameters(), lr=1e-4)
 
     def loss_fn(s, e, state):
         loss, _, _, state, _ = wm.loss({k: v[:, s:e] for k, v in data.items()}, state)
@@ -121,8 +122,7 @@ def case_seq(cfg, spec, device):
     data = make_batch(B, T, spec["act_dim"], 4, spec["seed"], device)  # 4x4 images: only actions
     g = torch.Generator().manual_seed(spec["seed"] + 1)
     embed = torch.randn(B, T, wm.encoder.out_size, generator=g).to(device)  # (B, T, E)
-    opt = torch.optim.AdamW([p for n, p in wm.named_parameters() if not n.startswith(NOT_SEQ)],
-                            lr=1e-4)
+    opt = adamw([p for n, p in wm.named_parameters() if not n.startswith(NOT_SEQ)], lr=1e-4)
 
     def loss_fn(s, e, state):
         out, state, _ = wm.observe(embed[:, s:e], data["action"][:, s:e],

@@ -45,6 +45,7 @@ import torch
 
 from common import checkpoint
 from common.cli import fail, parse
+from common.health import adamw, load_optimizer
 from world_models import BACKBONES, build_world_model
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -137,7 +138,7 @@ def train_cell(config, gap: int, args, scratch: pathlib.Path, device) -> dict:
     torch.manual_seed(config.seed)
     wm = build_world_model(config, act_dim=2).to(device)
     c = config.wm
-    opt = torch.optim.AdamW(wm.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
+    opt = adamw(wm.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
     size, B = config.env.image_size, config.train.batch_size
     test = recall_rows(np.random.default_rng([config.seed, 1 << 30]), args.eval_rows, gap,
                        args.colours, size, args.distractors)
@@ -146,7 +147,7 @@ def train_cell(config, gap: int, args, scratch: pathlib.Path, device) -> dict:
     updates, history, seconds = 0, [], 0.0
     if ckpt is not None:
         wm.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
+        load_optimizer(opt, ckpt["opt"])
         checkpoint.set_rng_state(ckpt["rng"])
         updates, history, seconds = ckpt["updates"], json.loads(ckpt["history"]), ckpt["seconds"]
         print(f"  resuming at update {updates}", flush=True)

@@ -45,7 +45,7 @@ from common import checkpoint, interrupt, parallel
 from common.cli import fail, prepare_logdir
 from common.config import ConfigError
 from common.console import Progress, offline_header
-from common.health import Health, check_growth, optimizer_step
+from common.health import Health, adamw, check_growth, load_optimizer, optimizer_step
 from common.logger import Logger, openloop_grid
 from common.resources import check_memory
 from common.run import guarded, load_checkpoint, restore
@@ -93,7 +93,7 @@ class Trainer:
     def __init__(self, config, act_dim: int, device):
         self.wm = build_world_model(config, act_dim).to(device)
         c = config.wm
-        self.opt = torch.optim.AdamW(self.wm.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
+        self.opt = adamw(self.wm.parameters(), lr=c.lr, eps=c.eps, weight_decay=c.weight_decay)
         self.clip, self.chunk, self.device = c.grad_clip, config.offline.chunk, device
         self.params = list(self.wm.parameters())
         self.size = sum(p.numel() for p in self.params)
@@ -127,7 +127,7 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         self.wm.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["opt"])
+        load_optimizer(self.opt, ckpt["opt"])
 
 
 def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: Logger, updates: int,

@@ -7,6 +7,7 @@ replay are byte-identical afterwards.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ import main
 from common import checkpoint
 from common.cli import parse, prepare_logdir
 from common.config import ConfigError
-from common.health import Diverged, Health, close_all
+from common.health import Diverged, Health, adamw, close_all, load_optimizer
 from common.logger import Logger
 from memory import collect
 from memory.train import load_episodes
@@ -543,3 +544,41 @@ def test_dataset_collection_stops_promptly_and_its_workers_die_with_it(tmp_path,
     written = len(list(data.glob("episode-*.npz")))
     time.sleep(1.0)
     assert len(list(data.glob("episode-*.npz"))) == written  # nobody writes any more
+
+
+def test_fused_adamw_equals_the_per_tensor_loop_and_resumes_its_checkpoints():
+    """The fused kernel (common/health.adamw) takes the per-tensor loop's steps to rounding, and a
+    checkpoint of the per-tensor optimiser resumes in it without switching the kernel back."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, 3))
+    ref = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    new = [p.detach().clone().requires_grad_() for p in net.parameters()]
+    kw = dict(lr=3e-3, eps=1e-6, weight_decay=0.1)
+    loop, fused = torch.optim.AdamW(ref, foreach=False, **kw), adamw(new, **kw)
+    gen = torch.Generator().manual_seed(1)
+
+    def step(pairs):
+        grads = [torch.randn(p.shape, generator=gen) for p in ref]
+        for opt, params in pairs:
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+
+    for _ in range(6):
+        step([(loop, ref), (fused, new)])
+    for a, b in zip(ref, new):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    moved = max((a - p).abs().max() for a, p in zip(ref, net.parameters()))
+    assert moved > 1e-3  # the steps did something
+    saved = copy.deepcopy(loop.state_dict())  # as from a checkpoint file: no shared tensors
+    plain = adamw([p.detach().clone() for p in ref], **kw)
+    plain.load_state_dict(saved)
+    assert not plain.param_groups[0]["fused"]  # why load_optimizer exists
+    resumed = [p.detach().clone().requires_grad_() for p in ref]
+    again = adamw(resumed, **kw)
+    load_optimizer(again, saved)
+    assert again.param_groups[0]["fused"] is True and again.param_groups[0]["lr"] == kw["lr"]
+    for _ in range(3):
+        step([(loop, ref), (again, resumed)])
+    for a, b in zip(ref, resumed):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
