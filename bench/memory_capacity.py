@@ -232,13 +232,19 @@ def aggregate(cells: list[dict], colours: int) -> tuple[list[str], dict]:
                 acc = f"{100 * mi:.0f} ± {100 * si:.0f} / {100 * mg:.0f} ± {100 * sg:.0f}"
             else:  # one seed has no standard error: show the value alone
                 acc = f"{100 * mi:.0f} / {100 * mg:.0f} (n = 1)"
-            when = (f" at {solved[0]}-{solved[-1]} upd" if len(solved) > 1
-                    else f" at {solved[0]} upd" if solved else "")
-            row.append(f"{acc}; solved {len(solved)}/{len(cs)}{when}; "
+            row.append(f"{acc}; solved {len(solved)}/{len(cs)}{solved_when(solved)}; "
                        f"{np.mean([c['seconds'] for c in cs]) / 60:.1f} min")
         horizon = groups[name][gaps[0]][0]["gradient_horizon"] if gaps[0] in groups[name] else "-"
         lines.append(f"| {name} | {horizon} | " + " | ".join(row) + " |")
     return lines, summary
+
+
+def solved_when(updates: list[int]) -> str:
+    """' at 500-700 upd' (the range of the solved seeds' update counts), ' at 700 upd', or ''."""
+    if not updates:
+        return ""
+    low, high = min(updates), max(updates)
+    return f" at {low} upd" if low == high else f" at {low}-{high} upd"
 
 
 def _mean_se(values) -> tuple[float, float]:

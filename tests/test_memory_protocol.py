@@ -122,6 +122,12 @@ def test_scoring_is_at_chance_for_a_model_without_memory_and_perfect_with_one(mo
         assert abs(acc - 1 / colours) < 0.07  # 400 rows: one standard error ~0.022
 
 
+def test_solved_updates_read_as_a_range_or_one_count():
+    assert capacity.solved_when([700, 500, 600]) == " at 500-700 upd"
+    assert capacity.solved_when([700, 700]) == " at 700 upd"
+    assert capacity.solved_when([]) == ""
+
+
 def test_capacity_cells_resume_and_aggregate(tmp_path):
     """Two tiny cells; the second command re-reads the finished cell and adds a seed."""
     common = ["--backbones", "s4wm", "--gaps", "2", "--updates", "4", "--eval-every", "2",
