@@ -66,9 +66,10 @@ def load_optimizer(opt, state: dict) -> None:
     takes every group setting from the checkpoint, so one saved before `adamw` would switch the
     optimiser back to the per-tensor loop."""
     kernels = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in opt.param_groups]
-    opt.load_state_dict(state)
-    for group, kept in zip(opt.param_groups, kernels):
-        group.update(kept)
+    # set before loading: where loading puts the step counts (the parameters' device for the fused
+    # kernel, else the CPU) follows the groups' `fused` flag
+    groups = [{**saved, **kept} for saved, kept in zip(state["param_groups"], kernels)]
+    opt.load_state_dict({**state, "param_groups": groups})
 
 
 def optimizer_step(opt, params: list, clip: float):

@@ -280,8 +280,9 @@ def check_folder(out: str, spec: Spec, seed: int) -> None:
         defaults = asdict(Spec("", 0, False, 0, 0, 0, 0, 0.0, 0))  # keys added later: older files lack them
         for key in sorted(set(saved) | set(meta)):
             if saved.get(key, defaults.get(key)) != meta.get(key):
-                raise ConfigError(f"{out} holds a dataset with {key}={saved.get(key, defaults.get(key))!r} but this command "
-                                 f"gives {key}={meta.get(key)!r}: use another --memory.out or the same settings")
+                name = "memory.seed" if key == "seed" else key  # not the run's --seed
+                raise ConfigError(f"{out} holds a dataset with {name}={saved.get(key, defaults.get(key))!r} but this "
+                                 f"command gives {name}={meta.get(key)!r}: use another --memory.out or the same settings")
         return
     with open(path + ".tmp", "w") as f:
         YAML().dump(meta, f)

@@ -308,5 +308,5 @@ def test_training_seeds_share_a_dataset_and_memory_seed_draws_another(tmp_path):
     collect.collect(_config("distracting_memory", tmp_path / "b", **{**overrides, "memory.seed": "1"}))
     a, b = _load(tmp_path / "a"), _load(tmp_path / "b")
     assert any(not np.array_equal(a[n]["image"], b[n]["image"]) for n in a)  # other episodes
-    with pytest.raises(ConfigError, match="seed=0 but this command gives seed=1"):
+    with pytest.raises(ConfigError, match="memory.seed=0 but this command gives memory.seed=1"):
         collect.collect(_config("distracting_memory", tmp_path / "a", **{**overrides, "memory.seed": "1"}))

@@ -578,6 +578,8 @@ def test_fused_adamw_equals_the_per_tensor_loop_and_resumes_its_checkpoints():
     again = adamw(resumed, **kw)
     load_optimizer(again, saved)
     assert again.param_groups[0]["fused"] is True and again.param_groups[0]["lr"] == kw["lr"]
+    # the fused kernel keeps its step counts on the parameters' device (CUDA: a CPU one fails)
+    assert all(again.state[p]["step"].device == p.device for p in resumed)
     for _ in range(3):
         step([(loop, ref), (again, resumed)])
     for a, b in zip(ref, resumed):
