@@ -432,7 +432,7 @@ def check_resume(saved: dict, config: Config, path) -> None:
     now = config.flat()
     saved = {_renamed(key): value for key, value in saved.items()}
     # Settings that do not change what the run computes may differ on resume.
-    allowed = {"steps", "logdir", "device", "threads", "memory.workers", "offline.updates",
+    allowed = {"steps", "logdir", "device", "threads", "memory.workers", "offline.updates", "offline.plateau",
                "offline.eval_every", "offline.eval_batch", "offline.log_every",
                "offline.checkpoint_every"}
     if "size" in saved and saved["size"] != now.get("size"):  # e.g. begun on a GPU, rerun on a CPU

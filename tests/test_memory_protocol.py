@@ -160,7 +160,7 @@ def test_plateau_rule_on_known_windows():
     assert plateaued([10.0, 10.5], 0.1)  # got worse
 
 
-def test_offline_run_stops_at_a_plateau_and_a_rerun_adds_nothing(tmp_path):
+def test_offline_run_stops_at_a_plateau_a_rerun_adds_nothing_and_plateau_0_goes_on(tmp_path):
     import json
     import subprocess
     import sys
@@ -178,6 +178,11 @@ def test_offline_run_stops_at_a_plateau_and_a_rerun_adds_nothing(tmp_path):
     res = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and "had flattened at update 4" in res.stdout
     assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["updates"] == 4
+    # without the plateau stop the same run goes on from its checkpoint to the whole budget
+    short = [*cmd[:-4], "--offline.updates", "6", "--offline.plateau", "0"]
+    res = subprocess.run(short, cwd=root, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "resuming" in res.stdout, res.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["updates"] == 6
 
 
 def test_perception_gate_and_standard_errors_in_the_report_table():
