@@ -176,6 +176,13 @@ def side_by_side(truth: np.ndarray, predictions: dict[str, np.ndarray]) -> np.nd
     return np.concatenate([top, bottom], 1)
 
 
+def enlarge(frames: np.ndarray, frame_size: int, at_least: int = 64) -> np.ndarray:
+    """frames (T, H, W, C) of a grid of frame_size-pixel frames, each pixel repeated so that a frame
+    is at least `at_least` pixels wide (16x16 grid frames become 64x64; colours stay exact)."""
+    k = max(1, -(-at_least // frame_size))
+    return frames.repeat(k, 1).repeat(k, 2)
+
+
 def still(frames: np.ndarray, count: int = 8) -> np.ndarray:
     """A few frames of a video, evenly spaced, stacked vertically (for a PNG)."""
     idx = np.linspace(0, len(frames) - 1, count).round().astype(int)
@@ -209,7 +216,7 @@ def main(argv=None) -> None:
     plots = ([loss_plot] if loss_plot else []) + plots
     from common.logger import write_mp4
     from PIL import Image
-    frames = side_by_side(truth, predictions)
+    frames = enlarge(side_by_side(truth, predictions), truth.shape[1])
     write_mp4(out / "imagination.mp4", frames, args.fps)
     Image.fromarray(still(frames)).save(out / "imagination.png")
     import torch

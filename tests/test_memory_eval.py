@@ -200,6 +200,18 @@ def test_report_writes_table_plots_and_video(tmp_path):
     assert frame.shape[:2] == (2 * 64, 3 * 64)  # truth + 2 backbones; predictions over errors
 
 
+def test_report_video_enlarges_small_frames_exactly():
+    from memory import report
+    rng = np.random.default_rng(0)
+    truth, pred = (rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8) for _ in range(2))
+    grid = report.side_by_side(truth, {"s4wm": pred})  # (3, 32, 32, 3)
+    big = report.enlarge(grid, 16)
+    assert big.shape == (3, 128, 128, 3)  # 16x16 frames shown at 64x64
+    np.testing.assert_array_equal(big[:, ::4, ::4], grid)  # every pixel a 4x4 block of itself
+    np.testing.assert_array_equal(big[:, 3::4, 3::4], grid)
+    assert report.enlarge(grid, 64).shape == grid.shape  # 64x64 frames: unchanged
+
+
 # ---- Memory Maze offline probing (memory/probe.py) ------------------------------------------------
 def test_probe_scores_on_known_values():
     from memory import probe
