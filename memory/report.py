@@ -49,6 +49,9 @@ def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: lis
 
 def cell_results(logdir: pathlib.Path) -> tuple[dict, dict]:
     result = json.loads((logdir / "eval" / "metrics.json").read_text())
+    if "budget" not in result:  # evaluated before results recorded it: the run's saved config
+        from common.config import read_saved
+        result["budget"] = read_saved(logdir / "config.yaml").get("offline.updates")
     prediction = dict(np.load(logdir / "eval" / "prediction.npz"))
     return result, prediction
 
@@ -93,15 +96,26 @@ def perception_gate(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def loss_change(windows: list[float]) -> str:
+    """The last evaluation window's mean training loss against the one before, e.g. '-2.9%' (how
+    flat the loss was where training stopped), or '-' with fewer than two windows."""
+    if len(windows) < 2 or not windows[-2]:
+        return "-"
+    return f"{100 * (windows[-1] - windows[-2]) / abs(windows[-2]):+.1f}%"
+
+
 def cost(results: dict[str, list[dict]]) -> list[str]:
-    """Per cell: updates, training time (all calls), whether the loss had flattened."""
-    lines = ["| cell | updates | training time | stopped at a loss plateau |", "|---|---|---|---|"]
+    """Per cell: updates, training time (all calls), how the loss changed over the last window and
+    whether the run stopped early at a plateau (offline.plateau)."""
+    lines = ["| cell | updates | training time | loss, last window vs the one before | "
+             "stopped early at a plateau |", "|---|---|---|---|---|"]
     for name, rs in results.items():
         for r in rs:
             seconds = r.get("train_seconds")
             spent = f"{seconds / 60:.1f} min" if seconds is not None else "not recorded"
+            early = bool(r.get("plateau")) and r.get("updates", 0) < (r.get("budget") or float("inf"))
             lines.append(f"| {name} seed {r.get('seed', '?')} | {r['updates']} | {spent} | "
-                         f"{'yes' if r.get('plateau') else 'no'} |")
+                         f"{loss_change(r.get('loss_windows', []))} | {'yes' if early else 'no'} |")
     return lines
 
 

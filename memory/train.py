@@ -225,7 +225,7 @@ def run(config, name: str, device) -> None:
 
     def progress_info() -> dict:
         return {"train_seconds": seconds + time.time() - started, "loss_windows": windows,
-                "plateau": plateaued(windows, o.plateau)}
+                "plateau": plateaued(windows, o.plateau), "budget": o.updates}
 
     progress = Progress(o.updates, updates, unit="update", updates_per_unit=1.0,
                         eval_every=o.eval_every, enabled=config.run.progress and main_rank)

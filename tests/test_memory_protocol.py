@@ -221,3 +221,17 @@ def test_more_test_episodes_than_the_dataset_stops_before_collecting(tmp_path):
     assert res.returncode == 2 and not (tmp_path / "data").exists()
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "'offline.test_episodes' (1000) must be < memory.episodes" in lines[0]
+
+
+def test_report_cost_table_shows_how_flat_the_loss_was_and_early_stops_only():
+    from memory import report
+    assert report.loss_change([2.0, 1.9]) == "-5.0%" and report.loss_change([2.0]) == "-"
+    assert report.loss_change([2.24, 2.26]) == "+0.9%"
+    results = {"tssm": [  # flat at the end of its whole budget: not an early stop
+        {"seed": "0", "updates": 8000, "budget": 8000, "plateau": True, "loss_windows": [2.4, 2.39]},
+        {"seed": "1", "updates": 5000, "budget": 8000, "plateau": True, "loss_windows": [2.36, 2.35]},
+        {"seed": "2", "updates": 8000, "budget": 8000, "plateau": False, "train_seconds": 60.0}]}
+    rows = [line for line in report.cost(results) if line.startswith("| tssm")]
+    assert rows[0] == "| tssm seed 0 | 8000 | not recorded | -0.4% | no |"
+    assert rows[1].endswith("| -0.4% | yes |")
+    assert rows[2] == "| tssm seed 2 | 8000 | 1.0 min | - | no |"
