@@ -11,7 +11,9 @@ the run seeds) and shared by every cell.
 Writes <out>/report.md (table: mean +- standard error over seeds of every eval/metrics.json summary
 value; Distracting Memory: the perception gate, a memory score counts only where the model reads the
 cue colour from the first frame at least PERCEPTION_GATE of the time; the cost of every cell),
-<out>/report.json, <out>/loss.png (training loss vs update, one line per backbone and seed),
+<out>/report.json, <out>/progress.png and tables (the headline scores, PROGRESS, at every periodic
+evaluation: mean +- standard error over seeds vs update, chance dashed: is a memory score still
+rising where training stopped?), <out>/loss.png (training loss vs update, one line per cell),
 <out>/<metric>.png (metric vs imagination step, one line per backbone; rooms,
 multi doors keys and memory maze, which adds the probe scores vs the observed episode step) and
 <out>/imagination.mp4 + imagination.png (episode 0 of the test set; columns: truth, then each
@@ -38,6 +40,10 @@ CURVES = {  # metric -> (y label, x label, index of the first value: imagination
     "object_mse": ("probe: object position error, cells² (lower is better)", "episode step (observed)", 0),
     "behind_acc": ("probe: walls behind the agent, accuracy", "episode step (observed)", 0),
 }
+# The headline scores, followed over training (eval/metrics_<updates>.json): metric -> chance level
+# (None: no chance level). Whether a memory score is still rising is what says if a budget was enough.
+PROGRESS = {"reward_acc_inference": 0.5, "reward_acc_imagination": 0.5,
+            "cue_acc_hallway_end": "colours", "gen_mse": None, "recon_mse": None}
 
 
 def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str]) -> float:
@@ -117,6 +123,97 @@ def cost(results: dict[str, list[dict]]) -> list[str]:
             lines.append(f"| {name} seed {r.get('seed', '?')} | {r['updates']} | {spent} | "
                          f"{loss_change(r.get('loss_windows', []))} | {'yes' if early else 'no'} |")
     return lines
+
+
+def progress(logdirs: dict[str, list[pathlib.Path]]) -> dict[str, dict[int, list[dict]]]:
+    """backbone -> {updates: [summary of every seed evaluated at that many updates]} from each cell's
+    periodic evaluations (eval/metrics_<updates>.json); only budgets that every seed reached."""
+    out = {}
+    for name, dirs in logdirs.items():
+        per_seed = []
+        for logdir in dirs:
+            found = {}
+            for path in sorted((logdir / "eval").glob("metrics_*.json")):
+                result = json.loads(path.read_text())
+                found[int(result["updates"])] = result["summary"]
+            per_seed.append(found)
+        common = sorted(set.intersection(*(set(f) for f in per_seed))) if per_seed else []
+        out[name] = {u: [f[u] for f in per_seed] for u in common}
+    return out
+
+
+def _chance(metric: str) -> float | None:
+    level = PROGRESS.get(metric)
+    if level == "colours":
+        from envs.gridmemory import COLOURS
+        return 1 / len(COLOURS)
+    return level
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, float)
+    return float(np.mean(v)), float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def progress_table(history: dict[str, dict[int, list[dict]]], metric: str, every: int = 2000) -> list[str]:
+    """Rows backbone, columns every `every`-th evaluated budget (and the last): mean +- standard
+    error over seeds of `metric`; [] when no cell has it."""
+    budgets = sorted({u for h in history.values() for u, s in h.items()
+                      if any(metric in x for x in s)})
+    if not budgets:
+        return []
+    shown = [u for u in budgets if u % every == 0 or u == budgets[-1]]
+    chance = _chance(metric)
+    lines = [f"{metric} by updates (mean ± s.e. over seeds"
+             + (f"; chance {_fmt(chance, metric)}" if chance is not None else "") + "):", "",
+             "| backbone | " + " | ".join(str(u) for u in shown) + " |", "|---|" + "---|" * len(shown)]
+    for name, h in history.items():
+        cells = []
+        for u in shown:
+            vals = [x[metric] for x in h.get(u, []) if metric in x]
+            if not vals:
+                cells.append("-")
+                continue
+            m, se = _mean_se(vals)
+            cells.append(_fmt(m, metric) + ("" if np.isnan(se) else " ± " + _fmt(se, metric)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_progress(history: dict[str, dict[int, list[dict]]], title: str, out: pathlib.Path) -> str | None:
+    """The PROGRESS scores vs update: per backbone the mean over seeds (band: +- one standard error),
+    each seed as a thin line, chance dashed -> progress.png; None when nothing was evaluated twice."""
+    metrics = [m for m in PROGRESS if any(m in x for h in history.values() for s in h.values() for x in s)]
+    if not metrics or max((len(h) for h in history.values()), default=0) < 2:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.3), dpi=120, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (name, h) in enumerate(history.items()):
+            steps = [u for u in sorted(h) if all(metric in x for x in h[u])]
+            if not steps:
+                continue
+            colour = f"C{i}"
+            seeds = np.array([[x[metric] for x in h[u]] for u in steps])  # (budgets, seeds)
+            for k in range(seeds.shape[1]):
+                ax.plot(steps, seeds[:, k], color=colour, lw=0.6, alpha=0.35)
+            mean = seeds.mean(1)
+            ax.plot(steps, mean, color=colour, lw=1.8, label=f"{name} ({seeds.shape[1]} seeds)")
+            if seeds.shape[1] > 1:
+                se = seeds.std(1, ddof=1) / np.sqrt(seeds.shape[1])
+                ax.fill_between(steps, mean - se, mean + se, color=colour, alpha=0.15)
+        chance = _chance(metric)
+        if chance is not None:
+            ax.axhline(chance, color="k", ls="--", lw=0.8, label="chance")
+        ax.set_xlabel("update"), ax.set_title(metric, fontsize=9), ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "progress.png")
+    plt.close(fig)
+    return "progress.png"
 
 
 def plot_loss(logdirs: dict[str, pathlib.Path], title: str, out: pathlib.Path) -> str | None:
@@ -213,12 +310,13 @@ def main(argv=None) -> None:
     args, extra = p.parse_known_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, predictions, walls, truth, logdirs = {}, {}, {}, None, {}
+    results, predictions, walls, truth, logdirs, by_backbone = {}, {}, {}, None, {}, {}
     for backbone in args.backbones.split(","):
         results[backbone] = []
         for i, seed in enumerate(args.seeds.split(",")):
             logdir = out / f"{backbone}_seed{seed}"
             logdirs[f"{backbone}_seed{seed}"] = logdir
+            by_backbone.setdefault(backbone, []).append(logdir)
             walls[f"{backbone}_seed{seed}"] = run_cell(args.configs, backbone, seed, logdir, extra)
             result, pred = cell_results(logdir)
             results[backbone].append({**result, "seed": seed})
@@ -227,12 +325,18 @@ def main(argv=None) -> None:
     name = results[next(iter(results))][0]["dataset"]
     plots = plot_curves(results, name, out)
     loss_plot = plot_loss(logdirs, name, out)
-    plots = ([loss_plot] if loss_plot else []) + plots
+    history = progress(by_backbone)
+    progress_plot = plot_progress(history, name, out)
+    plots = [p for p in (progress_plot, loss_plot) if p] + plots
     from common.logger import write_mp4
     from PIL import Image
     frames = enlarge(side_by_side(truth, predictions), truth.shape[1])
     write_mp4(out / "imagination.mp4", frames, args.fps)
     Image.fromarray(still(frames)).save(out / "imagination.png")
+    progress_lines = []
+    for metric in PROGRESS:
+        rows = progress_table(history, metric)
+        progress_lines += rows + [""] if rows else []
     import torch
     from common.machine import machine
     info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -244,7 +348,7 @@ def main(argv=None) -> None:
              "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; reward accuracies at "
              "the recorded decision step (memory/metrics.py); cue_acc_* and probe_* are probes on "
              "the frozen model's features (memory/probe.py).", "",
-             *perception_gate(results), "", *cost(results), "",
+             *perception_gate(results), "", *progress_lines, *cost(results), "",
              "| cell | wall time (this call) |", "|---|---|"]
     lines += [f"| {k} | {v / 60:.1f} min |" for k, v in walls.items()]
     lines += ["", *[f"![{p}]({p})" for p in plots],
@@ -254,7 +358,8 @@ def main(argv=None) -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(
         {"dataset": name, "configs": args.configs, "extra": extra, "walls": walls,
-         "results": results}, indent=1))
+         "results": results, "progress": {n: {str(u): s for u, s in h.items()} for n, h in history.items()}},
+        indent=1))
     print("\n".join(lines[:len(results) + 6]))
 
 

@@ -193,6 +193,7 @@ def test_report_writes_table_plots_and_video(tmp_path):
     text = (out / "report.md").read_text()
     assert "| rssm |" in text and "| s4wm |" in text
     assert "| rssm seed 0 | 1 |" in text  # the cost table: updates and training time per cell
+    assert "reward_acc" not in text and "gen_mse by updates" in text  # one evaluation per cell
     for name in ("loss.png", "mse.png", "psnr.png", "ssim.png", "imagination.mp4", "imagination.png"):
         assert (out / name).stat().st_size > 0
     import imageio.v2 as imageio
@@ -211,6 +212,34 @@ def test_report_video_enlarges_small_frames_exactly():
     np.testing.assert_array_equal(big[:, 3::4, 3::4], grid)
     assert report.enlarge(grid, 64).shape == grid.shape  # 64x64 frames: unchanged
 
+
+
+def test_report_follows_scores_over_training_at_budgets_every_seed_reached(tmp_path):
+    from memory import report
+
+    def cell(name, scores):  # scores: updates -> (reward_acc_inference, cue_acc_hallway_end)
+        (tmp_path / name / "eval").mkdir(parents=True)
+        for u, (acc, cue) in scores.items():
+            (tmp_path / name / "eval" / f"metrics_{u:08d}.json").write_text(json.dumps(
+                {"updates": u, "summary": {"reward_acc_inference": acc, "cue_acc_hallway_end": cue}}))
+        return tmp_path / name
+
+    dirs = {"s4wm": [cell("s4wm_seed0", {1000: (0.5, 0.1), 2000: (0.7, 0.4), 3000: (0.9, 0.6)}),
+                     cell("s4wm_seed1", {1000: (0.5, 0.2), 2000: (0.9, 0.6)})],  # not yet at 3000
+            "rssm": [cell("rssm_seed0", {1000: (0.5, 0.1), 2000: (0.5, 0.1)})]}
+    history = report.progress(dirs)
+    assert sorted(history["s4wm"]) == [1000, 2000]  # 3000: only one of the two seeds got there
+    assert [s["reward_acc_inference"] for s in history["s4wm"][2000]] == [0.7, 0.9]
+    lines = report.progress_table(history, "reward_acc_inference", every=1000)
+    assert "chance 50.0%" in lines[0]
+    assert lines[2] == "| backbone | 1000 | 2000 |"
+    assert lines[4] == "| s4wm | 50.0% ± 0.0% | 80.0% ± 10.0% |"  # s.e. of (0.7, 0.9) = 0.1
+    assert lines[5] == "| rssm | 50.0% | 50.0% |"  # one seed: no standard error
+    assert "chance 12.5%" in report.progress_table(history, "cue_acc_hallway_end")[0]  # 8 colours
+    assert report.progress_table(history, "gen_mse") == []  # no cell measured it
+    assert report.plot_progress(history, "test", tmp_path) == "progress.png"
+    assert (tmp_path / "progress.png").stat().st_size > 0
+    assert report.plot_progress({"rssm": {1000: history["rssm"][1000]}}, "test", tmp_path) is None
 
 # ---- Memory Maze offline probing (memory/probe.py) ------------------------------------------------
 def test_probe_scores_on_known_values():
