@@ -6,6 +6,9 @@ write one report folder with a markdown table, plots and side-by-side imaginatio
 
 Each cell is an ordinary `main.py` offline run in <out>/<backbone>_seed<seed> (extra --key value
 arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones).
+--report-only trains nothing and writes the report from the cells' saved evaluations (the committed
+result files are enough: without eval/prediction.npz there is no video); --at N takes the table from
+every cell's evaluation at N updates (eval/metrics_<N>.json), e.g. while cells have unequal budgets.
 The dataset is made once (memory.out, default datasets/<name>; episodes drawn from memory.seed, not from
 the run seeds) and shared by every cell.
 Writes <out>/report.md (table: mean +- standard error over seeds of every eval/metrics.json summary
@@ -53,12 +56,26 @@ def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: lis
     return time.time() - start
 
 
-def cell_results(logdir: pathlib.Path) -> tuple[dict, dict]:
-    result = json.loads((logdir / "eval" / "metrics.json").read_text())
+def cell_results(logdir: pathlib.Path, at: int | None = None) -> tuple[dict, dict | None]:
+    """(the cell's evaluation: the last one, eval/metrics.json, or the one at `at` updates,
+    eval/metrics_<at>.json; the last evaluation's prediction.npz with its 'updates', None where it
+    is not kept: it is not committed). A missing evaluation stops with one line naming the cell."""
+    path = logdir / "eval" / ("metrics.json" if at is None else f"metrics_{at:08d}.json")
+    if not path.exists():
+        have = sorted(int(p.stem.split("_")[1]) for p in (logdir / "eval").glob("metrics_*.json"))
+        from common.cli import fail
+        fail(f"{logdir} has no evaluation" + ("" if at is None else f" at {at} updates") +
+             f" ({path.name} is missing; evaluated at: {', '.join(map(str, have)) or 'none'}): "
+             f"run the cell (without --report-only) or choose --at among its evaluations")
+    result = json.loads(path.read_text())
     if "budget" not in result:  # evaluated before results recorded it: the run's saved config
         from common.config import read_saved
         result["budget"] = read_saved(logdir / "config.yaml").get("offline.updates")
-    prediction = dict(np.load(logdir / "eval" / "prediction.npz"))
+    npz = logdir / "eval" / "prediction.npz"
+    if not npz.exists():
+        return result, None
+    prediction = dict(np.load(npz))
+    prediction["updates"] = json.loads((logdir / "eval" / "metrics.json").read_text())["updates"]
     return result, prediction
 
 
@@ -75,7 +92,9 @@ def table(results: dict[str, list[dict]]) -> list[str]:
             if len(vals) > 1:
                 text += " ± " + _fmt(np.nanstd(vals, ddof=1) / np.sqrt(len(vals)), k)
             cells.append(text)
-        lines.append(f"| {name} | {len(rs)} | {rs[0]['updates']} | " + " | ".join(cells) + " |")
+        updates = sorted({r["updates"] for r in rs})
+        shown = str(updates[0]) if len(updates) == 1 else f"{updates[0]}-{updates[-1]}"
+        lines.append(f"| {name} | {len(rs)} | {shown} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -300,6 +319,24 @@ def still(frames: np.ndarray, count: int = 8) -> np.ndarray:
     return np.concatenate([frames[i] for i in idx], 0)
 
 
+def video_lines(out: pathlib.Path, truth, predictions: dict[str, dict], fps: int) -> list[str]:
+    """imagination.mp4 + imagination.png of test episode 0 from each backbone's first seed (its
+    last evaluation's prediction.npz) and the report lines about them."""
+    if truth is None:
+        return ["No imagination video: no cell here keeps eval/prediction.npz (it is not committed; "
+                "rerun the cells to draw it)."]
+    from common.logger import write_mp4
+    from PIL import Image
+    frames = enlarge(side_by_side(truth, {n: p["prediction"] for n, p in predictions.items()}),
+                     truth.shape[1])
+    write_mp4(out / "imagination.mp4", frames, fps)
+    Image.fromarray(still(frames)).save(out / "imagination.png")
+    at = ", ".join(f"{n} {p['updates']}" for n, p in predictions.items())
+    return [f"Imagination of test episode 0 (columns: truth, then {', '.join(predictions)}; bottom "
+            f"row |error|; each backbone's first seed at its last evaluation, updates: {at}): "
+            "imagination.mp4", "", "![imagination](imagination.png)"]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--configs", nargs="+", required=True, help="configs.yaml blocks (a memory block first)")
@@ -307,6 +344,12 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", required=True)
     p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the cells' saved evaluations (e.g. the "
+                        "committed result files of a finished comparison)")
+    p.add_argument("--at", type=int, default=None,
+                   help="the table from every cell's evaluation at this many updates "
+                        "(eval/metrics_<at>.json), e.g. a budget all cells reached")
     args, extra = p.parse_known_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -317,22 +360,19 @@ def main(argv=None) -> None:
             logdir = out / f"{backbone}_seed{seed}"
             logdirs[f"{backbone}_seed{seed}"] = logdir
             by_backbone.setdefault(backbone, []).append(logdir)
-            walls[f"{backbone}_seed{seed}"] = run_cell(args.configs, backbone, seed, logdir, extra)
-            result, pred = cell_results(logdir)
+            if not args.report_only:
+                walls[f"{backbone}_seed{seed}"] = run_cell(args.configs, backbone, seed, logdir, extra)
+            result, pred = cell_results(logdir, args.at)
             results[backbone].append({**result, "seed": seed})
-            if i == 0:
-                predictions[backbone], truth = pred["prediction"], pred["truth"]
+            if i == 0 and pred is not None:
+                predictions[backbone], truth = pred, pred["truth"]
     name = results[next(iter(results))][0]["dataset"]
     plots = plot_curves(results, name, out)
     loss_plot = plot_loss(logdirs, name, out)
     history = progress(by_backbone)
     progress_plot = plot_progress(history, name, out)
     plots = [p for p in (progress_plot, loss_plot) if p] + plots
-    from common.logger import write_mp4
-    from PIL import Image
-    frames = enlarge(side_by_side(truth, predictions), truth.shape[1])
-    write_mp4(out / "imagination.mp4", frames, args.fps)
-    Image.fromarray(still(frames)).save(out / "imagination.png")
+    video = video_lines(out, truth, predictions, args.fps)
     progress_lines = []
     for metric in PROGRESS:
         rows = progress_table(history, metric)
@@ -341,26 +381,25 @@ def main(argv=None) -> None:
     from common.machine import machine
     info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
+    when = "the last evaluation of each cell" if args.at is None else f"{args.at} updates"
     lines = [f"# Memory benchmark: {name}", "",
              f"configs: `{' '.join(args.configs)}` {' '.join(extra)}; seeds {args.seeds}; "
              f"machine: {where}; commit {info['commit']}; date {time.strftime('%Y-%m-%d')}", "",
-             *table(results), "",
+             f"Scores at {when}:", "", *table(results), "",
              "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; reward accuracies at "
              "the recorded decision step (memory/metrics.py); cue_acc_* and probe_* are probes on "
              "the frozen model's features (memory/probe.py).", "",
-             *perception_gate(results), "", *progress_lines, *cost(results), "",
-             "| cell | wall time (this call) |", "|---|---|"]
-    lines += [f"| {k} | {v / 60:.1f} min |" for k, v in walls.items()]
-    lines += ["", *[f"![{p}]({p})" for p in plots],
-              "", "Imagination of test episode 0 (columns: truth, then "
-              + ", ".join(predictions) + "; bottom row |error|): imagination.mp4",
-              "", "![imagination](imagination.png)"]
+             *perception_gate(results), "", *progress_lines, *cost(results), ""]
+    if walls:
+        lines += ["| cell | wall time (this call) |", "|---|---|"]
+        lines += [f"| {k} | {v / 60:.1f} min |" for k, v in walls.items()] + [""]
+    lines += [*[f"![{p}]({p})" for p in plots], "", *video]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(
         {"dataset": name, "configs": args.configs, "extra": extra, "walls": walls,
          "results": results, "progress": {n: {str(u): s for u, s in h.items()} for n, h in history.items()}},
         indent=1))
-    print("\n".join(lines[:len(results) + 6]))
+    print("\n".join(lines[:len(results) + 8]))
 
 
 if __name__ == "__main__":

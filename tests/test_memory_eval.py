@@ -199,6 +199,19 @@ def test_report_writes_table_plots_and_video(tmp_path):
     import imageio.v2 as imageio
     frame = imageio.mimread(out / "imagination.mp4", memtest=False)[0]
     assert frame.shape[:2] == (2 * 64, 3 * 64)  # truth + 2 backbones; predictions over errors
+    # the committed result files alone (no checkpoint, no prediction.npz) make the report again
+    for npz in out.glob("*/eval/prediction.npz"):
+        npz.unlink()
+    (out / "report.md").unlink()
+    again = [sys.executable, "-m", "memory.report", "--configs", "multi_doors_keys", "debug",
+             "--backbones", "rssm,s4wm", "--out", str(out), "--report-only"]
+    res = subprocess.run([*again, "--at", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    assert "Scores at 1 updates" in text and "| rssm | 1 | 1 |" in text and "No imagination video" in text
+    res = subprocess.run([*again, "--at", "7"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "no evaluation at 7 updates" in res.stderr
+    assert "Traceback" not in res.stderr and "evaluated at: 1" in res.stderr
 
 
 def test_report_video_enlarges_small_frames_exactly():
