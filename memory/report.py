@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from common.cli import run_main
+from common.cli import fail, run_main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PERCEPTION_GATE = 0.95  # cue_acc_start needed before a Distracting Memory memory score counts
@@ -43,9 +43,10 @@ CURVES = {  # metric -> (y label, x label, index of the first value: imagination
     "object_mse": ("probe: object position error, cells² (lower is better)", "episode step (observed)", 0),
     "behind_acc": ("probe: walls behind the agent, accuracy", "episode step (observed)", 0),
 }
-# The headline scores, followed over training (eval/metrics_<updates>.json): metric -> chance level
-# (None: no chance level). Whether a memory score is still rising is what says if a budget was enough.
-PROGRESS = {"reward_acc_inference": 0.5, "reward_acc_imagination": 0.5,
+# The headline scores, followed over training (eval/metrics_<updates>.json): metric -> (chance
+# level, its name), "colours" (one of the cue colours) or None. A reward accuracy's coin flip is not
+# the constant predictor's score, which is the test set's share of one outcome (docs/memory.md). Whether a memory score is still rising is what says if a budget was enough.
+PROGRESS = {"reward_acc_inference": (0.5, "coin flip"), "reward_acc_imagination": (0.5, "coin flip"),
             "cue_acc_hallway_end": "colours", "gen_mse": None, "recon_mse": None}
 
 
@@ -56,26 +57,55 @@ def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: lis
     return time.time() - start
 
 
+def _budget(path: pathlib.Path) -> int | None:
+    """eval/metrics_<updates>.json -> updates; None for any other file name."""
+    tail = path.stem.removeprefix("metrics_")
+    return int(tail) if tail.isdigit() else None
+
+
+def evaluated_at(logdir: pathlib.Path) -> list[int]:
+    """The budgets (updates) at which a cell was evaluated (eval/metrics_<updates>.json)."""
+    found = (_budget(p) for p in (logdir / "eval").glob("metrics_*.json"))
+    return sorted(u for u in found if u is not None)
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        fail(f"cannot read {path}: {e}")
+
+
+def missing_evaluations(logdirs: dict[str, pathlib.Path], at: int | None) -> list[str]:
+    """Per cell without the evaluation the report reads (eval/metrics.json, or at `at` updates):
+    why, e.g. 's4wm_seed1 (evaluated at: 1000, 2000)'."""
+    missing = []
+    for cell, logdir in logdirs.items():
+        name = "metrics.json" if at is None else f"metrics_{at:08d}.json"
+        if not logdir.is_dir():
+            missing.append(f"{cell} (no folder {logdir})")
+        elif not (logdir / "eval" / name).exists():
+            have = evaluated_at(logdir)
+            missing.append(f"{cell} (evaluated at: {', '.join(map(str, have)) or 'never'})")
+    return missing
+
+
 def cell_results(logdir: pathlib.Path, at: int | None = None) -> tuple[dict, dict | None]:
     """(the cell's evaluation: the last one, eval/metrics.json, or the one at `at` updates,
-    eval/metrics_<at>.json; the last evaluation's prediction.npz with its 'updates', None where it
-    is not kept: it is not committed). A missing evaluation stops with one line naming the cell."""
-    path = logdir / "eval" / ("metrics.json" if at is None else f"metrics_{at:08d}.json")
-    if not path.exists():
-        have = sorted(int(p.stem.split("_")[1]) for p in (logdir / "eval").glob("metrics_*.json"))
-        from common.cli import fail
-        fail(f"{logdir} has no evaluation" + ("" if at is None else f" at {at} updates") +
-             f" ({path.name} is missing; evaluated at: {', '.join(map(str, have)) or 'none'}): "
-             f"run the cell (without --report-only) or choose --at among its evaluations")
-    result = json.loads(path.read_text())
+    eval/metrics_<at>.json; the last evaluation's prediction.npz {truth, prediction, updates},
+    None where it is not kept: it is not committed)."""
+    result = _read_json(logdir / "eval" / ("metrics.json" if at is None else f"metrics_{at:08d}.json"))
     if "budget" not in result:  # evaluated before results recorded it: the run's saved config
-        from common.config import read_saved
-        result["budget"] = read_saved(logdir / "config.yaml").get("offline.updates")
+        from common.config import ConfigError, read_saved
+        try:
+            result["budget"] = read_saved(logdir / "config.yaml").get("offline.updates")
+        except ConfigError as e:
+            fail(str(e))
     npz = logdir / "eval" / "prediction.npz"
     if not npz.exists():
         return result, None
     prediction = dict(np.load(npz))
-    prediction["updates"] = json.loads((logdir / "eval" / "metrics.json").read_text())["updates"]
+    prediction["updates"] = int(prediction.get("updates", -1))  # -1: saved before it was recorded
     return result, prediction
 
 
@@ -95,6 +125,11 @@ def table(results: dict[str, list[dict]]) -> list[str]:
         updates = sorted({r["updates"] for r in rs})
         shown = str(updates[0]) if len(updates) == 1 else f"{updates[0]}-{updates[-1]}"
         lines.append(f"| {name} | {len(rs)} | {shown} | " + " | ".join(cells) + " |")
+    budgets = {r["updates"] for rs in results.values() for r in rs}
+    if len(budgets) > 1:
+        lines += ["", f"The cells were evaluated at different budgets ({min(budgets)}-{max(budgets)} "
+                      "updates), so these means mix them: `--at N` gives the table at one budget "
+                      "every cell reached (see the tables by updates below)."]
     return lines
 
 
@@ -144,92 +179,119 @@ def cost(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def progress(logdirs: dict[str, list[pathlib.Path]]) -> dict[str, dict[int, list[dict]]]:
-    """backbone -> {updates: [summary of every seed evaluated at that many updates]} from each cell's
-    periodic evaluations (eval/metrics_<updates>.json); only budgets that every seed reached."""
-    out = {}
-    for name, dirs in logdirs.items():
-        per_seed = []
-        for logdir in dirs:
-            found = {}
-            for path in sorted((logdir / "eval").glob("metrics_*.json")):
-                result = json.loads(path.read_text())
-                found[int(result["updates"])] = result["summary"]
-            per_seed.append(found)
-        common = sorted(set.intersection(*(set(f) for f in per_seed))) if per_seed else []
-        out[name] = {u: [f[u] for f in per_seed] for u in common}
-    return out
+def progress(logdirs: dict[str, dict[str, pathlib.Path]]) -> dict[str, dict[str, dict[int, dict]]]:
+    """backbone -> seed -> {updates: summary} of every periodic evaluation of the cell
+    (eval/metrics_<updates>.json)."""
+    return {name: {seed: {u: _read_json(logdir / "eval" / f"metrics_{u:08d}.json")["summary"]
+                          for u in evaluated_at(logdir)}
+                   for seed, logdir in seeds.items()}
+            for name, seeds in logdirs.items()}
 
 
-def _chance(metric: str) -> float | None:
+def common_budgets(seeds: dict[str, dict[int, dict]]) -> list[int]:
+    """The budgets at which every seed was evaluated."""
+    return sorted(set.intersection(*(set(h) for h in seeds.values()))) if seeds else []
+
+
+def _chance(metric: str) -> tuple[float, str] | None:
     level = PROGRESS.get(metric)
     if level == "colours":
         from envs.gridmemory import COLOURS
-        return 1 / len(COLOURS)
+        return 1 / len(COLOURS), "chance"
     return level
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
+def _mean_se(values) -> tuple[float, float, int]:
+    """(mean, standard error over seeds, count) of the finite values; nan where they do not allow it."""
     v = np.asarray(values, float)
-    return float(np.mean(v)), float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    v = v[np.isfinite(v)]
+    mean = float(v.mean()) if len(v) else float("nan")
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return mean, se, len(v)
 
 
-def progress_table(history: dict[str, dict[int, list[dict]]], metric: str, every: int = 2000) -> list[str]:
-    """Rows backbone, columns every `every`-th evaluated budget (and the last): mean +- standard
-    error over seeds of `metric`; [] when no cell has it."""
-    budgets = sorted({u for h in history.values() for u, s in h.items()
-                      if any(metric in x for x in s)})
+def _columns(budgets: list[int], keep: set[int], count: int) -> list[int]:
+    """About `count` evenly spaced of the sorted `budgets`, and every budget in `keep`."""
+    picked = np.linspace(0, len(budgets) - 1, min(count, len(budgets))).round().astype(int)
+    return sorted({budgets[i] for i in picked} | keep)
+
+
+def progress_table(history: dict[str, dict[str, dict[int, dict]]], metric: str,
+                   count: int = 8) -> list[str]:
+    """Rows backbone, columns up to about `count` budgets every seed of a backbone reached (each
+    backbone's last one included): mean +- standard error over seeds of `metric`; then a line per
+    seed that was evaluated beyond them, and per backbone whose seeds share no budget.
+    [] when no cell has the metric."""
+    common = {name: [u for u in common_budgets(seeds) if any(metric in h[u] for h in seeds.values())]
+              for name, seeds in history.items()}
+    budgets = sorted({u for us in common.values() for u in us})
     if not budgets:
         return []
-    shown = [u for u in budgets if u % every == 0 or u == budgets[-1]]
+    shown = _columns(budgets, {us[-1] for us in common.values() if us}, count)
     chance = _chance(metric)
-    lines = [f"{metric} by updates (mean ± s.e. over seeds"
-             + (f"; chance {_fmt(chance, metric)}" if chance is not None else "") + "):", "",
-             "| backbone | " + " | ".join(str(u) for u in shown) + " |", "|---|" + "---|" * len(shown)]
-    for name, h in history.items():
+    lines = [f"{metric} by updates (mean ± s.e. over seeds; at budgets every seed of a backbone "
+             "reached" + (f"; {chance[1]} {_fmt(chance[0], metric)}" if chance else "") + "):", "",
+             "| backbone | " + " | ".join(map(str, shown)) + " |", "|---|" + "---|" * len(shown)]
+    notes = []
+    for name, seeds in history.items():
         cells = []
         for u in shown:
-            vals = [x[metric] for x in h.get(u, []) if metric in x]
-            if not vals:
-                cells.append("-")
-                continue
-            m, se = _mean_se(vals)
-            cells.append(_fmt(m, metric) + ("" if np.isnan(se) else " ± " + _fmt(se, metric)))
+            mean, se, k = _mean_se([h[u].get(metric, np.nan) for h in seeds.values()]
+                                   if u in common[name] else [])
+            text = "-" if k == 0 else _fmt(mean, metric) + ("" if k < 2 else " ± " + _fmt(se, metric))
+            cells.append(text + (f" ({k} of {len(seeds)} seeds)" if 0 < k < len(seeds) else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+        last = common[name][-1] if common[name] else None
+        if last is None:
+            spans = [f"seed {seed}: " + ("none" if not h else str(min(h)) if len(h) == 1
+                                         else f"{min(h)}-{max(h)}") for seed, h in seeds.items()]
+            notes.append(f"{name}: its seeds share no evaluated budget ({'; '.join(spans)}).")
+            continue
+        for seed, h in seeds.items():
+            later = [u for u in h if u > last and metric in h[u]]
+            if later:
+                notes.append(f"{name} seed {seed} goes on to {max(later)} updates: "
+                             f"{_fmt(h[max(later)][metric], metric)}.")
+    return lines + ([""] + notes if notes else [])
 
 
-def plot_progress(history: dict[str, dict[int, list[dict]]], title: str, out: pathlib.Path) -> str | None:
-    """The PROGRESS scores vs update: per backbone the mean over seeds (band: +- one standard error),
-    each seed as a thin line, chance dashed -> progress.png; None when nothing was evaluated twice."""
-    metrics = [m for m in PROGRESS if any(m in x for h in history.values() for s in h.values() for x in s)]
-    if not metrics or max((len(h) for h in history.values()), default=0) < 2:
+def plot_progress(history: dict[str, dict[str, dict[int, dict]]], title: str,
+                  out: pathlib.Path) -> str | None:
+    """The PROGRESS scores vs update -> progress.png: every seed's whole history as a thin line,
+    per backbone the mean over seeds at the budgets all of them reached (band: +- one standard
+    error), chance dashed. None when no cell was evaluated twice."""
+    metrics = [m for m in PROGRESS
+               if any(m in s for seeds in history.values() for h in seeds.values() for s in h.values())]
+    if not metrics or max((len(h) for seeds in history.values() for h in seeds.values()), default=0) < 2:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.3), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), dpi=120, squeeze=False)
+    handles = {}
     for ax, metric in zip(axes[0], metrics):
-        for i, (name, h) in enumerate(history.items()):
-            steps = [u for u in sorted(h) if all(metric in x for x in h[u])]
+        for i, (name, seeds) in enumerate(history.items()):
+            colour = f"C{i}"
+            for h in seeds.values():
+                steps = [u for u in sorted(h) if metric in h[u]]
+                ax.plot(steps, [h[u][metric] for u in steps], color=colour, lw=0.7, alpha=0.4,
+                        marker="o" if len(steps) == 1 else None, ms=2)
+            steps = [u for u in common_budgets(seeds) if all(metric in h[u] for h in seeds.values())]
             if not steps:
                 continue
-            colour = f"C{i}"
-            seeds = np.array([[x[metric] for x in h[u]] for u in steps])  # (budgets, seeds)
-            for k in range(seeds.shape[1]):
-                ax.plot(steps, seeds[:, k], color=colour, lw=0.6, alpha=0.35)
-            mean = seeds.mean(1)
-            ax.plot(steps, mean, color=colour, lw=1.8, label=f"{name} ({seeds.shape[1]} seeds)")
-            if seeds.shape[1] > 1:
-                se = seeds.std(1, ddof=1) / np.sqrt(seeds.shape[1])
-                ax.fill_between(steps, mean - se, mean + se, color=colour, alpha=0.15)
+            stats = np.array([_mean_se([h[u][metric] for h in seeds.values()])[:2] for u in steps])
+            line, = ax.plot(steps, stats[:, 0], color=colour, lw=1.8, marker="o" if len(steps) == 1 else None)
+            handles[f"{name} ({len(seeds)} seeds; thin: each seed)"] = line
+            if len(seeds) > 1:
+                ax.fill_between(steps, stats[:, 0] - stats[:, 1], stats[:, 0] + stats[:, 1],
+                                color=colour, alpha=0.15)
         chance = _chance(metric)
         if chance is not None:
-            ax.axhline(chance, color="k", ls="--", lw=0.8, label="chance")
+            handles[chance[1]] = ax.axhline(chance[0], color="k", ls="--", lw=0.8)
         ax.set_xlabel("update"), ax.set_title(metric, fontsize=9), ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(out / "progress.png")
     plt.close(fig)
     return "progress.png"
@@ -319,27 +381,29 @@ def still(frames: np.ndarray, count: int = 8) -> np.ndarray:
     return np.concatenate([frames[i] for i in idx], 0)
 
 
-def video_lines(out: pathlib.Path, truth, predictions: dict[str, dict], fps: int) -> list[str]:
+def video_lines(out: pathlib.Path, truth, predictions: dict[str, dict | None], fps: int) -> list[str]:
     """imagination.mp4 + imagination.png of test episode 0 from each backbone's first seed (its
-    last evaluation's prediction.npz) and the report lines about them."""
-    if truth is None:
-        return ["No imagination video: no cell here keeps eval/prediction.npz (it is not committed; "
-                "rerun the cells to draw it)."]
+    last evaluation's prediction.npz; None: not kept) and the report lines about them."""
+    kept = {n: p for n, p in predictions.items() if p is not None}
+    lost = [n for n, p in predictions.items() if p is None]
+    why = "(eval/prediction.npz is not committed; rerun the cells to draw it)"
+    if not kept:
+        return [f"No imagination video: no backbone's first seed keeps its prediction {why}."]
     from common.logger import write_mp4
     from PIL import Image
-    frames = enlarge(side_by_side(truth, {n: p["prediction"] for n, p in predictions.items()}),
-                     truth.shape[1])
+    frames = enlarge(side_by_side(truth, {n: p["prediction"] for n, p in kept.items()}), truth.shape[1])
     write_mp4(out / "imagination.mp4", frames, fps)
     Image.fromarray(still(frames)).save(out / "imagination.png")
-    at = ", ".join(f"{n} {p['updates']}" for n, p in predictions.items())
-    return [f"Imagination of test episode 0 (columns: truth, then {', '.join(predictions)}; bottom "
+    at = ", ".join(f"{n} {p['updates']}" for n, p in kept.items())
+    return [f"Imagination of test episode 0 (columns: truth, then {', '.join(kept)}; bottom "
             f"row |error|; each backbone's first seed at its last evaluation, updates: {at}): "
-            "imagination.mp4", "", "![imagination](imagination.png)"]
+            "imagination.mp4" + (f"; not shown: {', '.join(lost)} {why}" if lost else ""), "",
+            "![imagination](imagination.png)"]
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--configs", nargs="+", required=True, help="configs.yaml blocks (a memory block first)")
+    p.add_argument("--configs", nargs="+", default=[], help="configs.yaml blocks (a memory block first)")
     p.add_argument("--backbones", default="s4wm,rssm,tssm")
     p.add_argument("--seeds", default="0")
     p.add_argument("--out", required=True)
@@ -352,39 +416,58 @@ def main(argv=None) -> None:
                         "(eval/metrics_<at>.json), e.g. a budget all cells reached")
     args, extra = p.parse_known_args(argv)
     out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results, predictions, walls, truth, logdirs, by_backbone = {}, {}, {}, None, {}, {}
-    for backbone in args.backbones.split(","):
-        results[backbone] = []
-        for i, seed in enumerate(args.seeds.split(",")):
-            logdir = out / f"{backbone}_seed{seed}"
-            logdirs[f"{backbone}_seed{seed}"] = logdir
-            by_backbone.setdefault(backbone, []).append(logdir)
-            if not args.report_only:
-                walls[f"{backbone}_seed{seed}"] = run_cell(args.configs, backbone, seed, logdir, extra)
+    if args.report_only and extra:
+        fail(f"--report-only trains nothing, so {' '.join(extra)} would have no effect (its "
+             "options: --backbones --seeds --out --at --fps)")
+    if not args.report_only and not args.configs:
+        fail("--configs is needed to train the cells (or --report-only to read finished ones)")
+    cells = {b: {seed: out / f"{b}_seed{seed}" for seed in args.seeds.split(",")}
+             for b in args.backbones.split(",")}
+    logdirs = {f"{b}_seed{seed}": d for b, seeds in cells.items() for seed, d in seeds.items()}
+    walls = {}
+    if not args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        for b, seeds in cells.items():
+            for seed, logdir in seeds.items():
+                walls[f"{b}_seed{seed}"] = run_cell(args.configs, b, seed, logdir, extra)
+    missing = missing_evaluations(logdirs, args.at)
+    if missing:
+        fail(f"no evaluation {'at the end' if args.at is None else f'at {args.at} updates'} in "
+             f"{'; '.join(missing)}: train the cells (without --report-only), or choose --at, "
+             f"--backbones, --seeds or --out to match what is in {out}")
+    results, predictions, truth = {}, {}, None
+    for b, seeds in cells.items():
+        results[b] = []
+        for i, (seed, logdir) in enumerate(seeds.items()):
             result, pred = cell_results(logdir, args.at)
-            results[backbone].append({**result, "seed": seed})
-            if i == 0 and pred is not None:
-                predictions[backbone], truth = pred, pred["truth"]
+            results[b].append({**result, "seed": seed})
+            if i == 0:
+                predictions[b] = pred
+                truth = pred["truth"] if pred is not None else truth
     name = results[next(iter(results))][0]["dataset"]
     plots = plot_curves(results, name, out)
     loss_plot = plot_loss(logdirs, name, out)
-    history = progress(by_backbone)
+    history = progress(cells)
     progress_plot = plot_progress(history, name, out)
     plots = [p for p in (progress_plot, loss_plot) if p] + plots
     video = video_lines(out, truth, predictions, args.fps)
     progress_lines = []
     for metric in PROGRESS:
         rows = progress_table(history, metric)
-        progress_lines += rows + [""] if rows else []
+        if rows:
+            progress_lines += rows + [""]
     import torch
     from common.machine import machine
     info = machine(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     where = info.get("gpu") or f"{info['cpu']}, {info['cores']} cores"
     when = "the last evaluation of each cell" if args.at is None else f"{args.at} updates"
-    lines = [f"# Memory benchmark: {name}", "",
-             f"configs: `{' '.join(args.configs)}` {' '.join(extra)}; seeds {args.seeds}; "
-             f"machine: {where}; commit {info['commit']}; date {time.strftime('%Y-%m-%d')}", "",
+    written = f"machine: {where}; commit {info['commit']}; date {time.strftime('%Y-%m-%d')}"
+    if args.report_only:
+        header = (f"Written from the cells' saved evaluations (--report-only); seeds {args.seeds}; "
+                  f"report {written}; each cell's settings: <cell>/config.yaml")
+    else:
+        header = f"configs: `{' '.join(args.configs)}` {' '.join(extra)}; seeds {args.seeds}; {written}"
+    lines = [f"# Memory benchmark: {name}", "", header, "",
              f"Scores at {when}:", "", *table(results), "",
              "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; reward accuracies at "
              "the recorded decision step (memory/metrics.py); cue_acc_* and probe_* are probes on "
@@ -397,7 +480,9 @@ def main(argv=None) -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
     (out / "report.json").write_text(json.dumps(
         {"dataset": name, "configs": args.configs, "extra": extra, "walls": walls,
-         "results": results, "progress": {n: {str(u): s for u, s in h.items()} for n, h in history.items()}},
+         "results": results,
+         "progress": {n: {seed: {str(u): v for u, v in h.items()} for seed, h in seeds.items()}
+                      for n, seeds in history.items()}},
         indent=1))
     print("\n".join(lines[:len(results) + 8]))
 

@@ -199,19 +199,33 @@ def test_report_writes_table_plots_and_video(tmp_path):
     import imageio.v2 as imageio
     frame = imageio.mimread(out / "imagination.mp4", memtest=False)[0]
     assert frame.shape[:2] == (2 * 64, 3 * 64)  # truth + 2 backbones; predictions over errors
-    # the committed result files alone (no checkpoint, no prediction.npz) make the report again
-    for npz in out.glob("*/eval/prediction.npz"):
-        npz.unlink()
+    # the committed result files alone (config.yaml, metrics.jsonl, eval/metrics*.json) make it again
+    kept = ("config.yaml", "metrics.jsonl")
+    for path in sorted(out.glob("*_seed0/**/*"), reverse=True):
+        if path.is_file() and path.name not in kept and not path.name.startswith("metrics"):
+            path.unlink()
+    last = out / "rssm_seed0" / "eval" / "metrics.json"  # planted: tells the last evaluation apart
+    planted = json.loads(last.read_text())
+    planted["summary"]["recon_mse"] = 123.0
+    last.write_text(json.dumps(planted))
     (out / "report.md").unlink()
-    again = [sys.executable, "-m", "memory.report", "--configs", "multi_doors_keys", "debug",
-             "--backbones", "rssm,s4wm", "--out", str(out), "--report-only"]
+    again = [sys.executable, "-m", "memory.report", "--backbones", "rssm,s4wm", "--out", str(out),
+             "--report-only"]
+    res = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    assert "running:" not in res.stdout and "wall time (this call)" not in text  # nothing trained
+    assert "--report-only" in text and "No imagination video" in text and "123.0000" in text
     res = subprocess.run([*again, "--at", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     text = (out / "report.md").read_text()
-    assert "Scores at 1 updates" in text and "| rssm | 1 | 1 |" in text and "No imagination video" in text
-    res = subprocess.run([*again, "--at", "7"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2 and "no evaluation at 7 updates" in res.stderr
-    assert "Traceback" not in res.stderr and "evaluated at: 1" in res.stderr
+    assert "Scores at 1 updates" in text and "| rssm | 1 | 1 |" in text and "123.0000" not in text
+    for bad, words in ((["--at", "7"], ["no evaluation at 7 updates", "rssm_seed0 (evaluated at: 1)"]),
+                       (["--seeds", "5"], ["rssm_seed5 (no folder"]),
+                       (["--offline.updates", "9"], ["would have no effect"])):
+        res = subprocess.run([*again, *bad], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        assert len(res.stderr.strip().splitlines()) == 1 and all(w in res.stderr for w in words)
 
 
 def test_report_video_enlarges_small_frames_exactly():
@@ -235,24 +249,31 @@ def test_report_follows_scores_over_training_at_budgets_every_seed_reached(tmp_p
         for u, (acc, cue) in scores.items():
             (tmp_path / name / "eval" / f"metrics_{u:08d}.json").write_text(json.dumps(
                 {"updates": u, "summary": {"reward_acc_inference": acc, "cue_acc_hallway_end": cue}}))
+        (tmp_path / name / "eval" / "metrics_old.json").write_text("{}")  # not an evaluation
         return tmp_path / name
 
-    dirs = {"s4wm": [cell("s4wm_seed0", {1000: (0.5, 0.1), 2000: (0.7, 0.4), 3000: (0.9, 0.6)}),
-                     cell("s4wm_seed1", {1000: (0.5, 0.2), 2000: (0.9, 0.6)})],  # not yet at 3000
-            "rssm": [cell("rssm_seed0", {1000: (0.5, 0.1), 2000: (0.5, 0.1)})]}
-    history = report.progress(dirs)
-    assert sorted(history["s4wm"]) == [1000, 2000]  # 3000: only one of the two seeds got there
-    assert [s["reward_acc_inference"] for s in history["s4wm"][2000]] == [0.7, 0.9]
-    lines = report.progress_table(history, "reward_acc_inference", every=1000)
-    assert "chance 50.0%" in lines[0]
+    cells = {"s4wm": {"0": cell("s4wm_seed0", {1000: (0.5, 0.1), 2000: (0.7, 0.4), 3000: (0.9, 0.6)}),
+                      "1": cell("s4wm_seed1", {1000: (0.5, 0.2), 2000: (0.9, 0.6)})},  # not at 3000
+             "rssm": {"0": cell("rssm_seed0", {1000: (0.5, 0.1), 2000: (float("nan"), 0.1)}),
+                      "1": cell("rssm_seed1", {1000: (0.6, 0.1), 2000: (0.5, 0.1)})},
+             "tssm": {"0": cell("tssm_seed0", {1000: (0.5, 0.1)}), "1": cell("tssm_seed1", {})}}
+    history = report.progress(cells)
+    assert report.common_budgets(history["s4wm"]) == [1000, 2000]  # 3000: only seed 0 got there
+    lines = report.progress_table(history, "reward_acc_inference")
+    assert "coin flip 50.0%" in lines[0]
     assert lines[2] == "| backbone | 1000 | 2000 |"
     assert lines[4] == "| s4wm | 50.0% ± 0.0% | 80.0% ± 10.0% |"  # s.e. of (0.7, 0.9) = 0.1
-    assert lines[5] == "| rssm | 50.0% | 50.0% |"  # one seed: no standard error
+    assert lines[5] == "| rssm | 55.0% ± 5.0% | 50.0% (1 of 2 seeds) |"  # a nan is left out, and said
+    assert lines[6] == "| tssm | - | - |"
+    assert "s4wm seed 0 goes on to 3000 updates: 90.0%." in lines
+    assert "tssm: its seeds share no evaluated budget (seed 0: 1000; seed 1: none)." in lines
     assert "chance 12.5%" in report.progress_table(history, "cue_acc_hallway_end")[0]  # 8 colours
     assert report.progress_table(history, "gen_mse") == []  # no cell measured it
+    assert report._columns(list(range(100, 2100, 100)), {1500}, 5) == [100, 600, 1100, 1500, 2000]
     assert report.plot_progress(history, "test", tmp_path) == "progress.png"
     assert (tmp_path / "progress.png").stat().st_size > 0
-    assert report.plot_progress({"rssm": {1000: history["rssm"][1000]}}, "test", tmp_path) is None
+    assert report.plot_progress({"tssm": history["tssm"]}, "test", tmp_path) is None  # one each
+
 
 # ---- Memory Maze offline probing (memory/probe.py) ------------------------------------------------
 def test_probe_scores_on_known_values():
