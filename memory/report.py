@@ -117,11 +117,7 @@ def table(results: dict[str, list[dict]]) -> list[str]:
     for name, rs in results.items():
         cells = []
         for k in keys:
-            vals = np.array([r["summary"].get(k, np.nan) for r in rs], float)
-            text = _fmt(np.nanmean(vals), k)
-            if len(vals) > 1:
-                text += " ± " + _fmt(np.nanstd(vals, ddof=1) / np.sqrt(len(vals)), k)
-            cells.append(text)
+            cells.append(_over_seeds([r["summary"].get(k, np.nan) for r in rs], k, len(rs)))
         updates = sorted({r["updates"] for r in rs})
         shown = str(updates[0]) if len(updates) == 1 else f"{updates[0]}-{updates[-1]}"
         lines.append(f"| {name} | {len(rs)} | {shown} | " + " | ".join(cells) + " |")
@@ -210,6 +206,16 @@ def _mean_se(values) -> tuple[float, float, int]:
     return mean, se, len(v)
 
 
+def _over_seeds(values, key: str, seeds: int) -> str:
+    """A table cell: mean +- standard error over the finite values of `seeds` seeds (no +- for one),
+    how many when some are missing, '-' for none; e.g. '80.0% ± 10.0%', '50.0% (1 of 2 seeds)'."""
+    mean, se, k = _mean_se(values)
+    if k == 0:
+        return "-"
+    text = _fmt(mean, key) + ("" if k < 2 else " ± " + _fmt(se, key))
+    return text + (f" ({k} of {seeds} seeds)" if k < seeds else "")
+
+
 def _columns(budgets: list[int], keep: set[int], count: int) -> list[int]:
     """About `count` evenly spaced of the sorted `budgets`, and every budget in `keep`."""
     picked = np.linspace(0, len(budgets) - 1, min(count, len(budgets))).round().astype(int)
@@ -236,10 +242,8 @@ def progress_table(history: dict[str, dict[str, dict[int, dict]]], metric: str,
     for name, seeds in history.items():
         cells = []
         for u in shown:
-            mean, se, k = _mean_se([h[u].get(metric, np.nan) for h in seeds.values()]
-                                   if u in common[name] else [])
-            text = "-" if k == 0 else _fmt(mean, metric) + ("" if k < 2 else " ± " + _fmt(se, metric))
-            cells.append(text + (f" ({k} of {len(seeds)} seeds)" if 0 < k < len(seeds) else ""))
+            values = [h[u].get(metric, np.nan) for h in seeds.values()] if u in common[name] else []
+            cells.append(_over_seeds(values, metric, len(seeds)))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
         last = common[name][-1] if common[name] else None
         if last is None:

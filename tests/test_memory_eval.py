@@ -273,6 +273,10 @@ def test_report_follows_scores_over_training_at_budgets_every_seed_reached(tmp_p
     assert report.plot_progress(history, "test", tmp_path) == "progress.png"
     assert (tmp_path / "progress.png").stat().st_size > 0
     assert report.plot_progress({"tssm": history["tssm"]}, "test", tmp_path) is None  # one each
+    # the main table: a score one seed lacks is averaged over the others and says so
+    rows = report.table({"s4wm": [{"summary": {"gen_mse": 0.5}, "updates": 1},
+                                  {"summary": {}, "updates": 2}]})
+    assert rows[2] == "| s4wm | 2 | 1-2 | 0.5000 (1 of 2 seeds) |" and "different budgets (1-2" in rows[4]
 
 
 # ---- Memory Maze offline probing (memory/probe.py) ------------------------------------------------
