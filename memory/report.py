@@ -76,15 +76,20 @@ def _read_json(path: pathlib.Path) -> dict:
         fail(f"cannot read {path}: {e}")
 
 
+def evaluation_file(logdir: pathlib.Path, at: int | None = None) -> pathlib.Path:
+    """The cell's evaluation the report reads: the last one, or the one at `at` updates (the names
+    memory/train.py's run_evaluation writes)."""
+    return logdir / "eval" / ("metrics.json" if at is None else f"metrics_{at:08d}.json")
+
+
 def missing_evaluations(logdirs: dict[str, pathlib.Path], at: int | None) -> list[str]:
     """Per cell without the evaluation the report reads (eval/metrics.json, or at `at` updates):
     why, e.g. 's4wm_seed1 (evaluated at: 1000, 2000)'."""
     missing = []
     for cell, logdir in logdirs.items():
-        name = "metrics.json" if at is None else f"metrics_{at:08d}.json"
         if not logdir.is_dir():
             missing.append(f"{cell} (no folder {logdir})")
-        elif not (logdir / "eval" / name).exists():
+        elif not evaluation_file(logdir, at).exists():
             have = evaluated_at(logdir)
             missing.append(f"{cell} (evaluated at: {', '.join(map(str, have)) or 'never'})")
     return missing
@@ -94,7 +99,7 @@ def cell_results(logdir: pathlib.Path, at: int | None = None) -> tuple[dict, dic
     """(the cell's evaluation: the last one, eval/metrics.json, or the one at `at` updates,
     eval/metrics_<at>.json; the last evaluation's prediction.npz {truth, prediction, updates},
     None where it is not kept: it is not committed)."""
-    result = _read_json(logdir / "eval" / ("metrics.json" if at is None else f"metrics_{at:08d}.json"))
+    result = _read_json(evaluation_file(logdir, at))
     if "budget" not in result:  # evaluated before results recorded it: the run's saved config
         from common.config import ConfigError, read_saved
         try:
@@ -178,7 +183,7 @@ def cost(results: dict[str, list[dict]]) -> list[str]:
 def progress(logdirs: dict[str, dict[str, pathlib.Path]]) -> dict[str, dict[str, dict[int, dict]]]:
     """backbone -> seed -> {updates: summary} of every periodic evaluation of the cell
     (eval/metrics_<updates>.json)."""
-    return {name: {seed: {u: _read_json(logdir / "eval" / f"metrics_{u:08d}.json")["summary"]
+    return {name: {seed: {u: _read_json(evaluation_file(logdir, u))["summary"]
                           for u in evaluated_at(logdir)}
                    for seed, logdir in seeds.items()}
             for name, seeds in logdirs.items()}
