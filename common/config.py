@@ -434,7 +434,7 @@ def check_resume(saved: dict, config: Config, path) -> None:
     # Settings that do not change what the run computes may differ on resume.
     allowed = {"steps", "logdir", "device", "threads", "memory.workers", "offline.updates", "offline.plateau",
                "offline.eval_every", "offline.eval_batch", "offline.log_every",
-               "offline.checkpoint_every", "offline.reevaluate"}
+               "offline.checkpoint_every"}
     if "size" in saved and saved["size"] != now.get("size"):  # e.g. begun on a GPU, rerun on a CPU
         raise ConfigError(
             f"logdir {path} holds a run of size {saved['size']!r} but this command gives size "

@@ -131,13 +131,11 @@ class Trainer:
 
 
 def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: Logger, updates: int,
-                   probe_train: list[dict] | None = None, progress: dict | None = None,
-                   keep: dict | None = None) -> dict:
+                   probe_train: list[dict] | None = None, progress: dict | None = None) -> dict:
     """Evaluate on `test`; the probes (memory maze: layout and objects, distracting memory: cue
     colour) are fitted on `probe_train`, the first offline.probe_episodes training episodes.
     `progress` (training seconds so far, loss per evaluation window, plateau reached) is recorded
-    in the result. `keep`: an earlier evaluation of the same weights (offline.reevaluate), whose
-    scores keep their values; only the scores it lacks are added, and named in 'added'."""
+    in the result."""
     o, m = config.offline, config.memory
     start = time.time()
     summary, curves, video = evaluation.evaluate(
@@ -147,12 +145,6 @@ def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: L
     result = {"updates": updates, "backbone": config.backbone, "dataset": Spec.from_config(config).name,
               "test_episodes": len(test), "query_observe": o.query_observe, "summary": summary,
               "curves": curves, "seconds": time.time() - start, **(progress or {})}
-    if keep is not None:
-        added = sorted(set(summary) - set(keep["summary"]))
-        result = {**keep, "summary": {**summary, **keep["summary"]},
-                  "curves": {**curves, **keep.get("curves", {})},
-                  "added": sorted(set(keep.get("added", [])) | set(added))}
-        print(f"re-evaluated the weights of update {updates}: added {', '.join(added) or 'nothing'}")
     out = logdir / "eval"
     out.mkdir(exist_ok=True)
     for name in (f"metrics_{updates:08d}.json", "metrics.json"):
@@ -163,7 +155,7 @@ def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: L
     tmp = out / "prediction.tmp.npz"
     np.savez_compressed(tmp, truth=truth, prediction=video, updates=updates)
     os.replace(tmp, out / "prediction.npz")
-    logger.scalars(result["summary"], "eval/")
+    logger.scalars(summary, "eval/")
     logger.video("eval/imagination", openloop_grid(truth[None], video[None]), updates)
     return result
 
@@ -237,7 +229,7 @@ def run(config, name: str, device) -> None:
 
     progress = Progress(o.updates, updates, unit="update", updates_per_unit=1.0,
                         eval_every=o.eval_every, enabled=config.run.progress and main_rank)
-    timer, resumed_at = (time.time(), updates), updates
+    timer = (time.time(), updates)
     started, loss_sum = time.time(), [0.0, 0]  # training time of this call; loss sum, count
     if plateaued(windows, o.plateau):
         print(f"the training loss had flattened at update {updates}: no more updates")
@@ -278,13 +270,11 @@ def run(config, name: str, device) -> None:
             if updates % o.checkpoint_every == 0 and health.saveable:
                 save()
             progress.show(updates, updates, "training")
-        # the final evaluation (also when a finished run is rerun), of weights that may be saved;
-        # offline.reevaluate: a finished run's last evaluation gets the scores it lacks
-        keep = _evaluation(logdir, updates) if o.reevaluate and updates == resumed_at else None
-        if (last_eval != updates or keep is not None) and main_rank and health.saveable:
+        # the final evaluation (also when a finished run is rerun), of weights that may be saved
+        if last_eval != updates and main_rank and health.saveable:
             progress.show(updates, updates, "evaluation")
             run_evaluation(config, trainer, test, logdir, logger, updates, probe_train,
-                           progress_info(), keep)
+                           progress_info())
             logger.write(updates)
 
 
@@ -294,14 +284,6 @@ def plateaued(windows: list[float], tolerance: float) -> bool:
     if tolerance <= 0 or len(windows) < 2:
         return False
     return windows[-2] - windows[-1] < tolerance * abs(windows[-2])
-
-
-def _evaluation(logdir, updates: int) -> dict | None:
-    """The saved evaluation at `updates` (eval/metrics_<updates>.json), None if there is none."""
-    try:
-        return json.loads((logdir / "eval" / f"metrics_{updates:08d}.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _last_eval(logdir) -> int | None:

@@ -478,25 +478,6 @@ def test_offline_distracting_memory_end_to_end_scores_rewards_and_cue_probes(tmp
                 "cue_acc_start", "cue_acc_start_posterior", "cue_acc_hallway_end"):
         assert 0 <= s[key] <= 1 and s[key] * 4 == round(s[key] * 4), key  # fractions of 4 test episodes
 
-    # an evaluation from before the hallway score existed (planted: the score removed, another one
-    # marked): a plain rerun leaves it alone; offline.reevaluate adds the missing score and keeps
-    # the marked one's value
-    path = tmp_path / "run" / "eval" / "metrics_00000002.json"
-    old = json.loads(path.read_text())
-    del old["summary"]["reward_acc_imagination_hallway"]
-    old["summary"]["reward_acc_inference"] = 0.123
-    path.write_text(json.dumps(old))
-    assert run_main(tmp_path, args).returncode == 0
-    assert json.loads(path.read_text()) == old
-    res = run_main(tmp_path, [*args, "--offline.reevaluate", "true"])
-    assert res.returncode == 0, res.stderr[-2000:]
-    new = json.loads(path.read_text())
-    assert new["summary"]["reward_acc_inference"] == 0.123 and new["added"] == ["reward_acc_imagination_hallway"]
-    assert 0 <= new["summary"]["reward_acc_imagination_hallway"] <= 1
-    assert {k: v for k, v in new.items() if k not in ("summary", "added")} == \
-        {k: v for k, v in old.items() if k != "summary"}
-    assert json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text()) == new
-
 
 @pytest.mark.parametrize("key, value", [("offline.probe_episodes", "0"), ("offline.probe_updates", "0")])
 def test_bad_probe_settings_stop_with_one_line(tmp_path, key, value):
