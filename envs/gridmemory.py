@@ -65,7 +65,6 @@ for _name, _rgb in _EXTRA.items():
 COLOURS = ("red", "green", "blue", "purple", "yellow", "orange", "cyan", "pink")
 LEFT, RIGHT, FORWARD, PICKUP, OPEN = range(5)
 DIRS = constants.DIR_TO_VEC  # heading 0 right, 1 down, 2 left, 3 up
-HALL_X = 4  # Distracting Memory: x of the hallway's first cell (the start room spans x 1-3)
 
 
 def build_distracting(width: int, *, max_steps: int, image_size: int = 64) -> gymnasium.Env:
@@ -172,7 +171,7 @@ class DistractingMemory(GridMemoryEnv):
         if width < 1:
             raise ValueError(f"distracting_memory: width must be >= 1, got {width}")
         self.hall = width
-        self.junction = HALL_X + width  # x of the junction cell (y = 2)
+        self.junction = 4 + width  # x of the junction cell (y = 2)
         self.cue, self._reached = 0, False
         super().__init__(width=self.junction + 2, height=5, max_steps=max_steps)
 
@@ -185,7 +184,7 @@ class DistractingMemory(GridMemoryEnv):
                 self.grid.set(x, y, None)
         self.cue = int(rng.integers(len(COLOURS)))
         self.grid.set(2, 2, Floor(COLOURS[self.cue]))
-        for x in range(HALL_X, self.junction):
+        for x in range(4, self.junction):
             self.grid.set(x, 2, Floor(COLOURS[int(rng.integers(len(COLOURS)))]))
         self.grid.set(self.junction, 2, None)
         other = (self.cue + 1 + int(rng.integers(len(COLOURS) - 1))) % len(COLOURS)  # != cue

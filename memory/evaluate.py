@@ -10,10 +10,7 @@ query frames, which are observed too (teleport variants: the model is shown wher
                               the context already showed (memory.metrics.revisit_mask)
     distracting memory        reward accuracy at the recorded decision step, (a) 'inference': the
                               whole episode observed, (b) 'imagination': the context observed, the
-                              rest imagined (the last 2 frames), (c) [ours] 'imagination_hallway':
-                              only the start room observed, the hallway and the decision imagined
-                              (episodes that record the agent's 'cell'); plus gen_mse of (b)'s
-                              imagined frames, and [ours] cue
+                              rest imagined; plus gen_mse of the imagined frames, and [ours] cue
                               colour probes at the first frame and at the hallway's end (given
                               training episodes: memory/probe.py)
     memory maze               as rooms, plus the offline probes of memory/probe.py (global wall
@@ -28,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from envs.gridmemory import HALL_X
 from memory import metrics
 from memory.episodes import MODEL_KEYS, observe
 from memory.probe import cue_scores, evaluate_probes
@@ -64,25 +60,6 @@ def _context_length(episode: dict) -> int:
     return int(np.sum(episode["phase"] == 0))
 
 
-def room_frames(episode: dict) -> int:
-    """Distracting Memory: the frames before the agent first stands in the hallway (its recorded
-    cell's x reaches HALL_X); the cue is in view in all of them."""
-    inside = np.flatnonzero(np.asarray(episode["cell"])[:, 0] >= HALL_X)
-    return int(inside[0]) if len(inside) else len(episode["cell"])
-
-
-def _imagined_reward_correct(wm, episode: dict, context: int, chunk: int, device):
-    """Observe the first `context` frames, imagine the rest from the recorded actions; is the
-    predicted reward right at the decision step? Returns (correct, recon, imagined feats, images)."""
-    T, t = len(episode["image"]), metrics.decision_step(episode["reward_step"])
-    if not 0 < context <= t:
-        raise ValueError(f"decision step {t} is not after the context ({context} frames)")
-    recon, imag_feat, imag = rollout(wm, [episode], context, 0, chunk, device)
-    pred = np.zeros(T, np.float32)  # predicted reward of every imagined frame (none before)
-    pred[context:] = wm.reward(imag_feat)[0].cpu().numpy()
-    return metrics.reward_correct(pred, episode["reward"], episode["reward_step"]), recon, imag
-
-
 def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int, chunk: int,
                     device, revisit: bool) -> tuple[dict, dict, np.ndarray]:
     """Rooms and Multi Doors Keys (all episodes the same length). Returns (summary of scalar
@@ -115,28 +92,28 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
 
 @torch.no_grad()
 def evaluate_rewards(wm, episodes: list[dict], *, chunk: int, device) -> tuple[dict, dict, np.ndarray]:
-    """Distracting Memory: reward accuracy at the decision step, observed vs imagined from the
-    context and, where the episodes record the agent's cell, from the start room alone (one episode
+    """Distracting Memory: reward accuracy at the decision step, observed vs imagined (one episode
     at a time: lengths differ). Returns (summary, curves {}, prediction of episode 0)."""
-    inference, imagination, hallway, gen_mse, video = [], [], [], [], None
+    inference, imagination, gen_mse, video = [], [], [], None
     for e in episodes:
         data = to_torch({k: e[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
+        T, t = len(e["image"]), metrics.decision_step(e["reward_step"])
         feat, _ = observe(wm, data, wm.initial_state(1), chunk)
         inference.append(metrics.reward_correct(wm.reward(feat)[0].cpu().numpy(), e["reward"],
                                                 e["reward_step"]))
         context = _context_length(e)
-        correct, recon, imag = _imagined_reward_correct(wm, e, context, chunk, device)
-        imagination.append(correct)
+        if not 0 < context <= t:
+            raise ValueError(f"decision step {t} is not after the context ({context} frames)")
+        recon, imag_feat, imag = rollout(wm, [e], context, 0, chunk, device)
+        pred = np.zeros(T, np.float32)  # predicted reward of every frame: posterior, then prior
+        pred[context:] = wm.reward(imag_feat)[0].cpu().numpy()
+        imagination.append(metrics.reward_correct(pred, e["reward"], e["reward_step"]))
         gen_mse.append(metrics.mse(imag[0], e["image"][context:]).mean())
-        if "cell" in e:
-            hallway.append(_imagined_reward_correct(wm, e, room_frames(e), chunk, device)[0])
         if video is None:
             video = np.concatenate([recon[0], imag[0]], 0)
     summary = {"reward_acc_inference": metrics.accuracy(inference),
                "reward_acc_imagination": metrics.accuracy(imagination),
                "gen_mse": float(np.mean(gen_mse))}
-    if len(hallway) == len(episodes):
-        summary["reward_acc_imagination_hallway"] = metrics.accuracy(hallway)
     return summary, {}, video
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from common.config import load_blocks, merge
-from envs.gridmemory import HALL_X
 from memory import evaluate as evaluation
 from memory import metrics
 from memory.train import draw_rows
@@ -97,13 +96,11 @@ def test_rows_start_at_episode_starts():
 
 
 # ---- reward scoring uses the recorded decision step -------------------------------------------
-def _dm_episode(T=12, context=5, decision=9, rewarded=True, seed=0, room=2):
+def _dm_episode(T=12, context=5, decision=9, rewarded=True, seed=0):
     rng = np.random.default_rng(seed)
     reward = np.zeros(T, np.float32)
     reward[decision] = float(rewarded)
-    x = np.where(np.arange(T) < room, 1 + np.arange(T) % 3, HALL_X + np.arange(T) - room)  # room, hallway
     return {"image": rng.integers(0, 255, (T, 16, 16, 3), dtype=np.uint8),
-            "cell": np.stack([x, np.full(T, 2)], -1).astype(np.int16),
             "action": np.eye(3, dtype=np.float32)[rng.integers(3, size=T)],
             "reward": reward, "is_first": np.arange(T) == 0, "is_last": np.arange(T) == T - 1,
             "is_terminal": np.arange(T) == T - 1, "phase": (np.arange(T) >= context).astype(np.uint8),
@@ -113,18 +110,16 @@ def _dm_episode(T=12, context=5, decision=9, rewarded=True, seed=0, room=2):
 @pytest.mark.parametrize("planted_right", [True, False])
 def test_reward_scoring_reads_the_recorded_decision_step(planted_right):
     """A planted reward prediction that is right ONLY at the decision step scores 100%; one that is
-    right everywhere EXCEPT there scores 0%, in inference, in imagination from the context and in
-    imagination from the start room (which imagines every frame from the first hallway cell on)."""
+    right everywhere EXCEPT there scores 0%, in inference and in imagination."""
     config = merge(load_blocks(), ["debug", "rssm"], {"env.image_size": 16})
     wm = build_world_model(config, 3)
-    episodes = [_dm_episode(decision=d, rewarded=r, seed=i, room=m)
-                for i, (d, r, m) in enumerate([(9, True, 2), (7, False, 3), (11, True, 1)])]
-    current, lengths = {}, []
+    episodes = [_dm_episode(decision=d, rewarded=r, seed=i)
+                for i, (d, r) in enumerate([(9, True), (7, False), (11, True)])]
+    current = {}
 
     def planted(feat):  # feat (1, n, F) of frames [T - n, T): the truth flipped off the decision step
         e = current["episode"]
         n, T = feat.shape[1], len(e["reward"])
-        lengths.append(n)
         truth = e["reward"][T - n:]
         off = ~e["reward_step"][T - n:]
         pred = np.where(off, 1 - truth, truth) if planted_right else np.where(off, truth, 1 - truth)
@@ -139,23 +134,6 @@ def test_reward_scoring_reads_the_recorded_decision_step(planted_right):
     expect = 1.0 if planted_right else 0.0
     assert all(s["reward_acc_inference"] == expect for s in outcomes)
     assert all(s["reward_acc_imagination"] == expect for s in outcomes)
-    assert all(s["reward_acc_imagination_hallway"] == expect for s in outcomes)
-    # per episode: all 12 frames observed, then 12 - 5 imagined from the context, 12 - room from the room
-    assert lengths == [12, 7, 10, 12, 7, 9, 12, 7, 11]
-    assert [evaluation.room_frames(e) for e in episodes] == [2, 3, 1]
-
-
-def test_hallway_imagination_needs_the_agents_cell():
-    """Episodes that do not record the agent's cell (older datasets) get no hallway score, and a
-    start room that ends after the decision step is refused."""
-    config = merge(load_blocks(), ["debug", "rssm"], {"env.image_size": 16})
-    wm = build_world_model(config, 3)
-    e = _dm_episode()
-    without = {k: v for k, v in e.items() if k != "cell"}
-    summary, _, _ = evaluation.evaluate_rewards(wm, [without], chunk=4, device="cpu")
-    assert "reward_acc_imagination_hallway" not in summary and "reward_acc_imagination" in summary
-    with pytest.raises(ValueError, match="not after the context"):
-        evaluation.evaluate_rewards(wm, [_dm_episode(room=10)], chunk=4, device="cpu")
 
 
 # ---- end to end: main.py --configs <memory block> <backbone> --------------------------------------
@@ -474,8 +452,8 @@ def test_offline_distracting_memory_end_to_end_scores_rewards_and_cue_probes(tmp
     res = run_main(tmp_path, args)
     assert res.returncode == 0, res.stderr[-2000:]
     s = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())["summary"]
-    for key in ("reward_acc_inference", "reward_acc_imagination", "reward_acc_imagination_hallway",
-                "cue_acc_start", "cue_acc_start_posterior", "cue_acc_hallway_end"):
+    for key in ("reward_acc_inference", "reward_acc_imagination", "cue_acc_start",
+                "cue_acc_start_posterior", "cue_acc_hallway_end"):
         assert 0 <= s[key] <= 1 and s[key] * 4 == round(s[key] * 4), key  # fractions of 4 test episodes
 
 
