@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from common.cli import fail, run_main
+from memory.train import evaluated_at, evaluation_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PERCEPTION_GATE = 0.95  # cue_acc_start needed before a Distracting Memory memory score counts
@@ -57,29 +58,11 @@ def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: lis
     return time.time() - start
 
 
-def _budget(path: pathlib.Path) -> int | None:
-    """eval/metrics_<updates>.json -> updates; None for any other file name."""
-    tail = path.stem.removeprefix("metrics_")
-    return int(tail) if tail.isdigit() else None
-
-
-def evaluated_at(logdir: pathlib.Path) -> list[int]:
-    """The budgets (updates) at which a cell was evaluated (eval/metrics_<updates>.json)."""
-    found = (_budget(p) for p in (logdir / "eval").glob("metrics_*.json"))
-    return sorted(u for u in found if u is not None)
-
-
 def _read_json(path: pathlib.Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         fail(f"cannot read {path}: {e}")
-
-
-def evaluation_file(logdir: pathlib.Path, at: int | None = None) -> pathlib.Path:
-    """The cell's evaluation the report reads: the last one, or the one at `at` updates (the names
-    memory/train.py's run_evaluation writes)."""
-    return logdir / "eval" / ("metrics.json" if at is None else f"metrics_{at:08d}.json")
 
 
 def missing_evaluations(logdirs: dict[str, pathlib.Path], at: int | None) -> list[str]:

@@ -33,9 +33,9 @@ clipping and the step; only rank 0 evaluates and writes logs, videos and checkpo
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
+import pathlib
 import time
 
 import numpy as np
@@ -130,6 +130,20 @@ class Trainer:
         load_optimizer(self.opt, ckpt["opt"])
 
 
+def evaluation_file(logdir, updates: int | None = None) -> pathlib.Path:
+    """Where run_evaluation writes: <logdir>/eval/metrics.json (the latest evaluation), or
+    eval/metrics_<updates>.json (the one at `updates`, kept for every evaluation)."""
+    name = "metrics.json" if updates is None else f"metrics_{updates:08d}.json"
+    return pathlib.Path(logdir) / "eval" / name
+
+
+def evaluated_at(logdir) -> list[int]:
+    """The budgets (updates) at which the run in `logdir` was evaluated, ascending."""
+    found = (pathlib.Path(logdir) / "eval").glob("metrics_*.json")
+    tails = (p.stem.removeprefix("metrics_") for p in found)
+    return sorted(int(t) for t in tails if t.isdigit())
+
+
 def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: Logger, updates: int,
                    probe_train: list[dict] | None = None, progress: dict | None = None) -> dict:
     """Evaluate on `test`; the probes (memory maze: layout and objects, distracting memory: cue
@@ -145,12 +159,12 @@ def run_evaluation(config, trainer: Trainer, test: list[dict], logdir, logger: L
     result = {"updates": updates, "backbone": config.backbone, "dataset": Spec.from_config(config).name,
               "test_episodes": len(test), "query_observe": o.query_observe, "summary": summary,
               "curves": curves, "seconds": time.time() - start, **(progress or {})}
-    out = logdir / "eval"
+    out = evaluation_file(logdir).parent
     out.mkdir(exist_ok=True)
-    for name in (f"metrics_{updates:08d}.json", "metrics.json"):
-        tmp = out / (name + ".tmp")
+    for path in (evaluation_file(logdir, updates), evaluation_file(logdir)):
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out / name)
+        os.replace(tmp, path)
     truth = test[0]["image"][:len(video)]
     tmp = out / "prediction.tmp.npz"
     np.savez_compressed(tmp, truth=truth, prediction=video, updates=updates)
@@ -287,8 +301,7 @@ def plateaued(windows: list[float], tolerance: float) -> bool:
 
 
 def _last_eval(logdir) -> int | None:
-    path = logdir / "eval" / "metrics.json"
     try:
-        return int(json.loads(path.read_text())["updates"])
+        return int(json.loads(evaluation_file(logdir).read_text())["updates"])
     except (OSError, ValueError, KeyError):
         return None
