@@ -510,3 +510,82 @@ def test_posterior_features_are_the_unsampled_posterior_of_each_frame(backbone):
     torch.testing.assert_close(post[0][0], wm.latent.probs(out["post"][0, 0]).flatten())
     feats = [probe.features(wm, episodes[:1], **kw)[0] for _ in range(2)]
     assert not torch.equal(feats[0], feats[1])  # z is sampled
+
+
+# ---- the read-back test of TSSM-XL (memory/readback.py) --------------------------------------------
+def _xl_core(mem_len: int):
+    from world_models.tssm import TransformerXLCore
+    torch.manual_seed(0)
+    core = TransformerXLCore(d_model=16, n_layers=2, n_heads=4, mem_len=mem_len).double()
+    with torch.no_grad():  # away from the trivial init, so every term of the scores matters
+        for p in core.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return core
+
+
+def test_blocked_keys_cut_exactly_the_paths_they_name():
+    from memory.readback import blocked
+    core, T = _xl_core(mem_len=16), 12
+    g = torch.randn(2, T, 16, dtype=torch.float64)
+    first = torch.zeros(2, T, dtype=torch.bool)
+    h = lambda g: core(g, first, core.initial_state(2))[0]  # noqa: E731
+    moved = g.clone()
+    moved[:, :4] += torch.randn(2, 4, 16, dtype=torch.float64)  # the 'cue frames': positions 0-3
+    with blocked(core, 0, 0):  # nothing blocked: the same numbers
+        assert torch.equal(h(g), h(g.clone()))
+        torch.testing.assert_close(h(g), core(g, first, core.initial_state(2))[0], rtol=0, atol=0)
+    assert not torch.allclose(h(moved)[:, 4:], h(g)[:, 4:])  # open: later steps see the cue frames
+    with blocked(core, 4, 4):  # no query after them may attend them, in any layer: no path is left
+        torch.testing.assert_close(h(moved)[:, 4:], h(g)[:, 4:], rtol=0, atol=1e-12)
+    with blocked(core, 9, 4):  # only the last 3 queries blocked: the steps between still read them,
+        assert not torch.allclose(h(moved)[:, 4:9], h(g)[:, 4:9])  # and pass them on through layer 2
+        assert not torch.allclose(h(moved)[:, 9:], h(g)[:, 9:])
+    torch.testing.assert_close(h(g), core(g, first, core.initial_state(2))[0])  # hooks removed
+
+
+def test_weight_on_sums_the_attention_of_one_query():
+    from memory.readback import weight_on
+    g = torch.randn(2, 12, 16, dtype=torch.float64)
+    first = torch.zeros(2, 12, dtype=torch.bool)
+    for mem_len, keys_to, expected in ((16, 11, 1.0), (4, 6, 0.0)):  # query 10: all of its keys;
+        core, got = _xl_core(mem_len), []  # with a 4-step window, none of positions 0-5
+        with weight_on(core, 10, keys_to, got):
+            core(g, first, core.initial_state(2))
+        assert len(got) == 1 and got[0].shape == (2, 2)  # (B, n_layers)
+        torch.testing.assert_close(got[0], torch.full((2, 2), expected, dtype=torch.float64))
+    core, got = _xl_core(16), []
+    with weight_on(core, 10, 3, got):
+        core(g, first, core.initial_state(2))
+    assert ((got[0] > 0) & (got[0] < 1)).all()  # a part of it on positions 0-2
+
+
+def test_cue_frames_end_where_the_cue_leaves_the_view():
+    from memory.readback import cue_frames
+    assert cue_frames({"cell": np.array([[2, 2], [3, 2], [4, 2], [5, 2], [6, 2]])}) == 3  # x > 2 + VIEW
+    with pytest.raises(ValueError, match="leave the cue's view"):
+        cue_frames({"cell": np.array([[2, 2], [5, 2], [4, 2]])})  # walks back into view
+
+
+def test_readback_command_on_a_trained_tssm_cell(tmp_path):
+    args = ["--configs", "distracting_memory", "debug", "tssm", "--memory.out", str(tmp_path / "data"),
+            "--memory.width", "6", "--memory.episodes", "6", "--offline.test_episodes", "2",
+            "--offline.updates", "2", "--offline.probe_updates", "5"]
+    res = run_main(tmp_path, args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cmd = [sys.executable, "-m", "memory.readback", "--logdir", str(tmp_path / "run"), "--draws", "2"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads((tmp_path / "run" / "eval" / "readback.json").read_text())
+    assert out["updates"] == 2 and out["episodes"] == 2 and out["draws"] == 2
+    for condition in ("open", "end", "all"):
+        assert all(v * 2 == round(v * 2) for v in out["per_draw"][condition])  # fractions of 2 episodes
+        assert out["reward_acc_inference"][condition] == pytest.approx(np.mean(out["per_draw"][condition]))
+    weight = out["decision_weight_on_cue_frames"]
+    assert len(weight["mean"]) == 1 and all(  # the debug block's one layer0 <= lo <= m <= hi <= 1 for lo, m, hi in
+                                            zip(weight["min"], weight["mean"], weight["max"]))
+    # a cell of another backbone: one line naming what the test is for
+    (tmp_path / "run" / "config.yaml").write_text(
+        (tmp_path / "run" / "config.yaml").read_text().replace("backbone: tssm", "backbone: rssm"))
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "backbone tssm" in res.stderr

@@ -125,16 +125,22 @@ class XLBlock(nn.Module):
         distances M..0; mask (B, T, S) bool, True where query i may attend key j."""
         B, T, D = x.shape
         S, H, Dh = k.shape[1], self.n_heads, self.head_dim
+        v = v.reshape(B, S, H, Dh).transpose(1, 2)  # (B, H, S, Dh)
+        att = self.drop(self.weights(q, k, pos, mask)) @ v  # (B, H, T, Dh)
+        return self.finish(x, att.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+
+    def weights(self, q, k, pos, mask):
+        """The attention weights (B, H, T, S) of forward's queries over its keys (same arguments):
+        each row sums to 1 over the keys its mask lets it attend and is 0 elsewhere."""
+        B, T, D = q.shape
+        S, H, Dh = k.shape[1], self.n_heads, self.head_dim
         q = q.reshape(B, T, H, Dh).transpose(1, 2)  # (B, H, T, Dh)
         k = k.reshape(B, S, H, Dh).transpose(1, 2)  # (B, H, S, Dh)
-        v = v.reshape(B, S, H, Dh).transpose(1, 2)  # (B, H, S, Dh)
         r = self.r_proj(pos).reshape(-1, H, Dh).transpose(0, 1)  # (H, M+1, Dh)
         ac = (q + self.u[:, None]) @ k.transpose(-1, -2)  # (B, H, T, S) content terms (a)+(c)
         bd = (q + self.v[:, None]) @ r.transpose(-1, -2)  # (B, H, T, M+1) position terms (b)+(d)
         scores = (ac + rel_shift(bd, S)) / math.sqrt(Dh)  # (B, H, T, S)
-        scores = scores.masked_fill(~mask[:, None], float("-inf"))
-        att = self.drop(scores.softmax(-1)) @ v  # (B, H, T, Dh)
-        return self.finish(x, att.transpose(1, 2).reshape(B, T, D))  # (B, T, D)
+        return scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
 
     def step(self, x, k_mem, v_mem, valid, r):
         """One query: x (B, D); k_mem, v_mem (B, M, D) the cache (no grad), valid (B, M+1) with

@@ -1,0 +1,195 @@
+"""Where does a trained TSSM-XL keep the Distracting Memory cue? A causal test [ours].
+
+    python -m memory.readback --logdir docs/results/memory/dm100_tssm128/tssm_seed1 [--draws 5]
+
+Within its reach (n_layers x mem_len steps) a Transformer-XL world model can answer at the decision
+step in two ways: read the cue frames back through attention, or carry the cue forward in the states
+of the hallway. The test takes the keys of the cue frames (every frame before the agent is more than
+probe.VIEW cells from the cue's column: the cue in view) away from some queries, in every layer, and
+scores the reward accuracy in inference as memory/evaluate.py does (the whole episode observed, the
+reward predicted at the decision step):
+
+    open   nothing blocked: the model as trained
+    end    the queries from the hallway's end (probe.hallway_end: the last frame before the end squares
+           come into view) to the decision step may not attend the cue frames; whatever the hallway
+           states before them carry is left. Chance here: the answer is read back at the end.
+    all    no query after the cue frames may attend them, so nothing downstream can know the cue: the
+           control (chance for any model)
+
+Each accuracy is the mean over --draws samples of the latents (the posterior is sampled: one draw
+moves a cell's accuracy by several points), the same draws for every condition. With them, per layer,
+the attention weight the decision step's query puts on the cue frames (open; mean over heads and
+episodes). The cell's saved config.yaml names the model and the dataset (which must be on disk; the
+held-out test episodes are scored). Prints a table and writes <logdir>/eval/readback.json.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import pathlib
+
+import numpy as np
+import torch
+
+from common.cli import fail
+from common.config import Config, ConfigError, read_saved
+from common.run import load_checkpoint, restore
+from memory import metrics
+from memory.collect import dataset_folder
+from memory.episodes import MODEL_KEYS, observe
+from memory.probe import VIEW, hallway_end
+from memory.train import FIELDS, Trainer, load_episodes
+from replay import to_torch
+
+CUE_X = 2  # the cue square's column (envs/gridmemory.py)
+CONDITIONS = ("open", "end", "all")
+
+
+def cue_frames(episode: dict) -> int:
+    """How many leading frames show the cue: the agent within VIEW cells of its column (the scripted
+    policy walks on and never comes back into view, which is checked)."""
+    x = episode["cell"][:, 0]
+    gone = np.flatnonzero(x > CUE_X + VIEW)
+    if not len(gone) or (x[gone[0]:] <= CUE_X + VIEW).any():
+        raise ValueError("the episode does not leave the cue's view for good")
+    return int(gone[0])
+
+
+def _key_slots(args) -> tuple[int, int]:
+    """XLBlock.forward's (x, q, k, v, pos, mask) -> (M, T): memory slots come first in the keys."""
+    x, k = args[0], args[2]
+    return k.shape[1] - x.shape[1], x.shape[1]
+
+
+@contextlib.contextmanager
+def blocked(core, queries_from: int, keys_to: int):
+    """Within the block, the core's queries at positions >= queries_from may not attend the keys at
+    positions < keys_to, in every layer. Positions count from the start of the forward pass (one
+    pass from an initial state: the episode's frame index)."""
+    def hook(layer, args):
+        x, q, k, v, pos, mask = args
+        M, _ = _key_slots(args)
+        mask = mask.clone()
+        mask[:, queries_from:, M:M + keys_to] = False
+        return x, q, k, v, pos, mask
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in core.layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def weight_on(core, query: int, keys_to: int, into: list):
+    """Within the block, every forward pass appends to `into` one (B, n_layers) tensor: the attention
+    weight the query at position `query` puts on the keys at positions < keys_to (mean over heads)."""
+    layers = []
+
+    def hook(layer, args):
+        x, q, k, v, pos, mask = args
+        M, _ = _key_slots(args)
+        w = layer.weights(q, k, pos, mask)  # (B, H, T, S)
+        layers.append(w[:, :, query, M:M + keys_to].sum(-1).mean(1))  # (B,)
+        if len(layers) == len(core.layers):
+            into.append(torch.stack(layers, 1))
+            layers.clear()
+
+    handles = [layer.register_forward_pre_hook(hook) for layer in core.layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def readback(wm, episodes: list[dict], *, draws: int, seed: int = 0) -> dict:
+    """Reward accuracy (inference) per condition (module docstring), mean over `draws` latent samples
+    (draw d uses torch seed seed + d in every condition), and the decision query's attention weight
+    on the cue frames per layer (open, first draw)."""
+    core, device = wm.core, wm.device
+    if not hasattr(core, "layers") or not hasattr(core.layers[0], "weights"):
+        raise ValueError(f"the read-back test needs a Transformer-XL core (tssm), not {type(core).__name__}")
+    accuracy = {c: [] for c in CONDITIONS}
+    weights = []
+    for draw in range(draws):
+        for condition in CONDITIONS:
+            torch.manual_seed(seed + draw)
+            correct = []
+            for e in episodes:
+                t, cue = metrics.decision_step(e["reward_step"]), cue_frames(e)
+                data = to_torch({k: e[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
+                block = {"open": contextlib.nullcontext(),
+                         "end": blocked(core, hallway_end(e), cue),
+                         "all": blocked(core, cue, cue)}[condition]
+                record = (weight_on(core, t, cue, weights) if condition == "open" and draw == 0
+                          else contextlib.nullcontext())
+                with block, record:  # one pass: the positions are the frame indices
+                    feat, _ = observe(wm, data, wm.initial_state(1), len(e["image"]))
+                correct.append(metrics.reward_correct(wm.reward(feat)[0].cpu().numpy(),
+                                                      e["reward"], e["reward_step"]))
+            accuracy[condition].append(metrics.accuracy(correct))
+    w = torch.cat(weights).cpu().numpy()  # (episodes, n_layers)
+    return {"episodes": len(episodes), "draws": draws,
+            "reward_acc_inference": {c: float(np.mean(v)) for c, v in accuracy.items()},
+            "per_draw": accuracy,
+            "decision_weight_on_cue_frames": {"mean": w.mean(0).tolist(), "min": w.min(0).tolist(),
+                                              "max": w.max(0).tolist()}}
+
+
+def load_cell(logdir: pathlib.Path):
+    """A trained Distracting Memory TSSM-XL cell -> (world model, held-out test episodes)."""
+    try:
+        config = Config(read_saved(logdir / "config.yaml"))
+    except ConfigError as e:
+        fail(str(e))
+    if config.memory.env != "distracting_memory" or config.backbone != "tssm":
+        fail(f"{logdir}: the read-back test is for Distracting Memory cells of backbone tssm, this one is "
+             f"{config.memory.env} with {config.backbone}")
+    folder = dataset_folder(config)
+    if not pathlib.Path(folder).is_dir():
+        fail(f"the cell's dataset {folder} is not on disk: make it with python -m memory.collect "
+             f"--configs distracting_memory --memory.width {config.memory.width} "
+             f"--env.image_size {config.env.image_size}, or run from the folder the cell was trained in")
+    try:
+        train, test = load_episodes(folder, config.memory.episodes, config.offline.test_episodes)
+    except ConfigError as e:
+        fail(str(e))
+    ckpt = load_checkpoint(logdir, FIELDS)
+    if ckpt is None:
+        fail(f"{logdir} has no checkpoint.pt: the test needs the trained weights")
+    trainer = Trainer(config, test[0]["action"].shape[-1], torch.device("cpu"))
+    restore(logdir, lambda: trainer.restore(ckpt["trainer"]))
+    return trainer.wm.eval(), test, int(ckpt["updates"])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m memory.readback", description=__doc__.split("\n")[0])
+    parser.add_argument("--logdir", required=True, type=pathlib.Path, help="a trained tssm cell")
+    parser.add_argument("--draws", type=int, default=5, help="latent samples per condition")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed of the first draw")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.draws < 1:
+        fail(f"--draws must be >= 1, got {args.draws}")
+    torch.set_num_threads(args.threads)
+    wm, test, updates = load_cell(args.logdir)
+    result = {"updates": updates, **readback(wm, test, draws=args.draws, seed=args.seed)}
+    out = args.logdir / "eval" / "readback.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    acc, w = result["reward_acc_inference"], result["decision_weight_on_cue_frames"]["mean"]
+    print(f"{args.logdir} at {updates} updates, {result['episodes']} test episodes, {args.draws} draws")
+    print("| blocked | reward accuracy (inference) |\n|---|---|")
+    for c in CONDITIONS:
+        print(f"| {c} | {acc[c]:.1%} |")
+    print("decision query's attention weight on the cue frames, per layer: "
+          + ", ".join(f"{v:.2f}" for v in w))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
