@@ -63,8 +63,19 @@ def _key_slots(args) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
+def _before_every_layer(core, hook):
+    """Within the block, hook(layer, args) runs before each layer's forward (a forward pre-hook; what
+    it returns, if not None, replaces the args)."""
+    handles = [layer.register_forward_pre_hook(hook) for layer in core.layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def blocked(core, queries_from: int, keys_to: int):
-    """Within the block, the core's queries at positions >= queries_from may not attend the keys at
+    """A context in which the core's queries at positions >= queries_from may not attend the keys at
     positions < keys_to, in every layer. Positions count from the start of the forward pass (one
     pass from an initial state: the episode's frame index)."""
     def hook(layer, args):
@@ -74,17 +85,11 @@ def blocked(core, queries_from: int, keys_to: int):
         mask[:, queries_from:, M:M + keys_to] = False
         return x, q, k, v, pos, mask
 
-    handles = [layer.register_forward_pre_hook(hook) for layer in core.layers]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _before_every_layer(core, hook)
 
 
-@contextlib.contextmanager
 def weight_on(core, query: int, keys_to: int, into: list):
-    """Within the block, every forward pass appends to `into` one (B, n_layers) tensor: the attention
+    """A context in which every forward pass appends to `into` one (B, n_layers) tensor: the attention
     weight the query at position `query` puts on the keys at positions < keys_to (mean over heads)."""
     layers = []
 
@@ -97,12 +102,7 @@ def weight_on(core, query: int, keys_to: int, into: list):
             into.append(torch.stack(layers, 1))
             layers.clear()
 
-    handles = [layer.register_forward_pre_hook(hook) for layer in core.layers]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return _before_every_layer(core, hook)
 
 
 @torch.no_grad()
