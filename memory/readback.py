@@ -4,17 +4,19 @@
 
 Within its reach (n_layers x mem_len steps) a Transformer-XL world model can answer at the decision
 step in two ways: read the cue frames back through attention, or carry the cue forward in the states
-of the hallway. The test takes the keys of the cue frames (every frame before the agent is more than
-probe.VIEW cells from the cue's column: the cue in view) away from some queries, in every layer, and
-scores the reward accuracy in inference as memory/evaluate.py does (the whole episode observed, the
-reward predicted at the decision step):
+of the hallway. The test takes the keys that carry the cue frames (the frames before the agent is
+more than probe.VIEW cells from the cue's column, i.e. with the cue in view; see cue_keys) away from
+some queries, in every layer, and scores the reward accuracy in inference as memory/evaluate.py does
+(the whole episode observed, the reward predicted at the decision step):
 
     open   nothing blocked: the model as trained
     end    the queries from the hallway's end (probe.hallway_end: the last frame before the end squares
            come into view) to the decision step may not attend the cue frames; whatever the hallway
-           states before them carry is left. Chance here: the answer is read back at the end.
-    all    no query after the cue frames may attend them, so nothing downstream can know the cue: the
-           control (chance for any model)
+           states before them carry is left. Chance here: what the decision knows of the cue it reads
+           back from the cue frames at the end.
+    all    no later query may attend the cue frames, so the prediction at the decision depends on the
+           frames after the cue alone (exactly: tests/test_memory_eval.py): the control, chance for
+           any model
 
 Each accuracy is the mean over --draws samples of the latents (the posterior is sampled: one draw
 moves a cell's accuracy by several points), the same draws for every condition. With them, per layer,
@@ -54,6 +56,13 @@ def cue_frames(episode: dict) -> int:
     if not len(gone) or (x[gone[0]:] <= CUE_X + VIEW).any():
         raise ValueError("the episode does not leave the cue's view for good")
     return int(gone[0])
+
+
+def cue_keys(episode: dict) -> int:
+    """How many leading key positions of the core carry the cue frames: the core's input at step p
+    is built from the latent of frame p-1 (g_p = in_net(z_{p-1}, a_p); position 0 holds no frame),
+    so frames 0 .. c-1 enter at positions 1 .. c."""
+    return cue_frames(episode) + 1
 
 
 def _key_slots(args) -> tuple[int, int]:
@@ -120,7 +129,7 @@ def readback(wm, episodes: list[dict], *, draws: int, seed: int = 0) -> dict:
             torch.manual_seed(seed + draw)
             correct = []
             for e in episodes:
-                t, cue = metrics.decision_step(e["reward_step"]), cue_frames(e)
+                t, cue = metrics.decision_step(e["reward_step"]), cue_keys(e)
                 data = to_torch({k: e[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
                 block = {"open": contextlib.nullcontext(),
                          "end": blocked(core, hallway_end(e), cue),

@@ -589,3 +589,32 @@ def test_readback_command_on_a_trained_tssm_cell(tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "backbone tssm" in res.stderr
+
+
+def test_with_every_later_query_blocked_the_decision_cannot_depend_on_the_cue_frames():
+    """The 'all' control of memory.readback is exact: the core's key p carries frame p-1 (g_p reads
+    z_{p-1}), so blocking the first cue_keys positions from every later query cuts every path from
+    the cue frames to the later features; one position fewer leaves the last cue frame's path open."""
+    from memory.episodes import MODEL_KEYS, observe
+    from memory.readback import blocked, cue_frames, cue_keys
+    from replay import to_torch
+    torch.manual_seed(0)
+    wm = build_world_model(merge(load_blocks(), ["debug", "tssm"], {"tssm.mem_len": "16"}), 3).eval()
+    rng = np.random.default_rng(0)
+    e = _cue_episode(rng, T=12)  # x = 0 .. 11: frames 0-4 show the cue (x <= 2 + VIEW)
+    e["image"] = rng.integers(0, 256, e["image"].shape, dtype=np.uint8)
+    e["action"] = np.eye(3, dtype=np.float32)[rng.integers(3, size=12)]
+    moved = dict(e, image=e["image"].copy())
+    moved["image"][:cue_frames(e)] = rng.integers(0, 256, moved["image"][:5].shape, dtype=np.uint8)
+    keys = cue_keys(e)
+    assert (cue_frames(e), keys) == (5, 6)
+
+    def feat(episode, keys_to):
+        torch.manual_seed(1)  # the same latent draws for both episodes
+        data = to_torch({k: episode[k][None] for k in MODEL_KEYS}, "cpu")
+        with blocked(wm.core, keys_to, keys_to):
+            return observe(wm, data, wm.initial_state(1), 12)[0][0]  # (T, F)
+
+    torch.testing.assert_close(feat(moved, keys)[keys:], feat(e, keys)[keys:], rtol=0, atol=1e-6)
+    assert not torch.allclose(feat(moved, keys - 1)[keys:], feat(e, keys - 1)[keys:], atol=1e-3)
+    assert not torch.allclose(feat(moved, 0)[keys:], feat(e, 0)[keys:], atol=1e-3)  # open
