@@ -9,19 +9,21 @@ more than probe.VIEW cells from the cue's column, i.e. with the cue in view; see
 some queries, in every layer, and scores the reward accuracy in inference as memory/evaluate.py does
 (the whole episode observed, the reward predicted at the decision step):
 
-    open   nothing blocked: the model as trained
-    end    the queries from the hallway's end (probe.hallway_end: the last frame before the end squares
-           come into view) to the decision step may not attend the cue frames; whatever the hallway
-           states before them carry is left. Chance here: what the decision knows of the cue it reads
-           back from the cue frames at the end.
-    all    no later query may attend the cue frames, so the prediction at the decision depends on the
-           frames after the cue alone (exactly: tests/test_memory_eval.py): the control, chance for
-           any model
+    open         nothing blocked: the model as trained
+    end          the queries from the hallway's end (probe.hallway_end: the last frame before the end
+                 squares come into view) to the decision step may not attend the cue frames; what
+                 the hallway's states before them carry is left. Chance here: what the decision
+                 knows of the cue it reads back from the cue frames at the end.
+    end_placebo  the same queries lose as many keys from the middle of the hallway instead: near
+                 'open' if what 'end' takes away is the cue, not just some keys
+    all          no later query may attend the cue frames, so the prediction at the decision depends
+                 on the frames after the cue alone (exactly: tests/test_memory_eval.py): the
+                 control, chance for any model
 
 Each accuracy is the mean over --draws samples of the latents (the posterior is sampled: one draw
 moves a cell's accuracy by several points), the same draws for every condition. With them, per layer,
-the attention weight the decision step's query puts on the cue frames (open; mean over heads and
-episodes). The cell's saved config.yaml names the model and the dataset (which must be on disk; the
+the attention weight the decision step's query puts on the cue frames and on position 0 (open; mean
+over heads and episodes). The cell's saved config.yaml names the model and the dataset (which must be on disk; the
 held-out test episodes are scored). Prints a table and writes <logdir>/eval/readback.json.
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ from memory.train import FIELDS, Trainer, load_episodes
 from replay import to_torch
 
 CUE_X = 2  # the cue square's column (envs/gridmemory.py)
-CONDITIONS = ("open", "end", "all")
+CONDITIONS = ("open", "end", "end_placebo", "all")
 
 
 def cue_frames(episode: dict) -> int:
@@ -58,11 +60,18 @@ def cue_frames(episode: dict) -> int:
     return int(gone[0])
 
 
-def cue_keys(episode: dict) -> int:
-    """How many leading key positions of the core carry the cue frames: the core's input at step p
-    is built from the latent of frame p-1 (g_p = in_net(z_{p-1}, a_p); position 0 holds no frame),
-    so frames 0 .. c-1 enter at positions 1 .. c."""
-    return cue_frames(episode) + 1
+def cue_keys(episode: dict) -> range:
+    """The core's key positions that carry the cue frames: the core's input at step p is built from
+    the latent of frame p-1 (g_p = in_net(z_{p-1}, a_p)), so frames 0 .. c-1 enter at positions
+    1 .. c. Position 0 holds no frame (a constant input), in every layer."""
+    return range(1, cue_frames(episode) + 1)
+
+
+def placebo_keys(cue: range, end: int) -> range:
+    """As many keys as `cue` holds, from the middle of the hallway (between the cue frames and the
+    hallway's end): blocking them tests whether taking away any keys of that count hurts."""
+    start = (cue.stop + end - len(cue)) // 2
+    return range(start, start + len(cue))
 
 
 def _key_slots(args) -> tuple[int, int]:
@@ -83,30 +92,30 @@ def _before_every_layer(core, hook):
             handle.remove()
 
 
-def blocked(core, queries_from: int, keys_to: int):
+def blocked(core, queries_from: int, keys: range):
     """A context in which the core's queries at positions >= queries_from may not attend the keys at
-    positions < keys_to, in every layer. Positions count from the start of the forward pass (one
-    pass from an initial state: the episode's frame index)."""
+    the positions `keys` (a range), in every layer. Positions count from the start of the forward
+    pass (one pass from an initial state: the episode's step index)."""
     def hook(layer, args):
         x, q, k, v, pos, mask = args
         M, _ = _key_slots(args)
         mask = mask.clone()
-        mask[:, queries_from:, M:M + keys_to] = False
+        mask[:, queries_from:, M + keys.start:M + keys.stop] = False
         return x, q, k, v, pos, mask
 
     return _before_every_layer(core, hook)
 
 
-def weight_on(core, query: int, keys_to: int, into: list):
+def weight_on(core, query: int, keys: range, into: list):
     """A context in which every forward pass appends to `into` one (B, n_layers) tensor: the attention
-    weight the query at position `query` puts on the keys at positions < keys_to (mean over heads)."""
+    weight the query at position `query` puts on the keys at the positions `keys` (mean over heads)."""
     layers = []
 
     def hook(layer, args):
         x, q, k, v, pos, mask = args
         M, _ = _key_slots(args)
         w = layer.weights(q, k, pos, mask)  # (B, H, T, S)
-        layers.append(w[:, :, query, M:M + keys_to].sum(-1).mean(1))  # (B,)
+        layers.append(w[:, :, query, M + keys.start:M + keys.stop].sum(-1).mean(1))  # (B,)
         if len(layers) == len(core.layers):
             into.append(torch.stack(layers, 1))
             layers.clear()
@@ -114,16 +123,22 @@ def weight_on(core, query: int, keys_to: int, into: list):
     return _before_every_layer(core, hook)
 
 
+def _spread(values: list) -> dict:
+    w = torch.cat(values).cpu().numpy()  # (episodes, n_layers)
+    return {"mean": w.mean(0).tolist(), "min": w.min(0).tolist(), "max": w.max(0).tolist()}
+
+
 @torch.no_grad()
 def readback(wm, episodes: list[dict], *, draws: int, seed: int = 0) -> dict:
     """Reward accuracy (inference) per condition (module docstring), mean over `draws` latent samples
     (draw d uses torch seed seed + d in every condition), and the decision query's attention weight
-    on the cue frames per layer (open, first draw)."""
+    per layer (open, first draw) on the cue frames, on position 0 (no frame: where attention often
+    rests) and, for reference, what uniform attention over its visible keys would put on the cue."""
     core, device = wm.core, wm.device
     if not hasattr(core, "layers") or not hasattr(core.layers[0], "weights"):
         raise ValueError(f"the read-back test needs a Transformer-XL core (tssm), not {type(core).__name__}")
     accuracy = {c: [] for c in CONDITIONS}
-    weights = []
+    on_cue, on_start, uniform = [], [], []
     for draw in range(draws):
         for condition in CONDITIONS:
             torch.manual_seed(seed + draw)
@@ -131,22 +146,27 @@ def readback(wm, episodes: list[dict], *, draws: int, seed: int = 0) -> dict:
             for e in episodes:
                 t, cue = metrics.decision_step(e["reward_step"]), cue_keys(e)
                 data = to_torch({k: e[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
+                end = hallway_end(e)
                 block = {"open": contextlib.nullcontext(),
-                         "end": blocked(core, hallway_end(e), cue),
-                         "all": blocked(core, cue, cue)}[condition]
-                record = (weight_on(core, t, cue, weights) if condition == "open" and draw == 0
-                          else contextlib.nullcontext())
-                with block, record:  # one pass: the positions are the frame indices
+                         "end": blocked(core, end, cue),
+                         "end_placebo": blocked(core, end, placebo_keys(cue, end)),
+                         "all": blocked(core, cue.stop, cue)}[condition]
+                record = contextlib.ExitStack()
+                if condition == "open" and draw == 0:
+                    record.enter_context(weight_on(core, t, cue, on_cue))
+                    record.enter_context(weight_on(core, t, range(1), on_start))
+                    seen = range(max(t - core.mem_len, 0), t + 1)  # the query's window
+                    uniform.append(len(range(max(cue.start, seen.start), cue.stop)) / len(seen))
+                with block, record:  # one pass: the positions are the step indices
                     feat, _ = observe(wm, data, wm.initial_state(1), len(e["image"]))
                 correct.append(metrics.reward_correct(wm.reward(feat)[0].cpu().numpy(),
                                                       e["reward"], e["reward_step"]))
             accuracy[condition].append(metrics.accuracy(correct))
-    w = torch.cat(weights).cpu().numpy()  # (episodes, n_layers)
     return {"episodes": len(episodes), "draws": draws,
             "reward_acc_inference": {c: float(np.mean(v)) for c, v in accuracy.items()},
             "per_draw": accuracy,
-            "decision_weight_on_cue_frames": {"mean": w.mean(0).tolist(), "min": w.min(0).tolist(),
-                                              "max": w.max(0).tolist()}}
+            "decision_weight": {"cue_frames": _spread(on_cue), "position_0": _spread(on_start),
+                                "uniform_on_cue_frames": float(np.mean(uniform))}}
 
 
 def load_cell(logdir: pathlib.Path):
@@ -190,13 +210,15 @@ def main(argv=None) -> None:
     out = args.logdir / "eval" / "readback.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    acc, w = result["reward_acc_inference"], result["decision_weight_on_cue_frames"]["mean"]
+    acc, w = result["reward_acc_inference"], result["decision_weight"]
     print(f"{args.logdir} at {updates} updates, {result['episodes']} test episodes, {args.draws} draws")
     print("| blocked | reward accuracy (inference) |\n|---|---|")
     for c in CONDITIONS:
         print(f"| {c} | {acc[c]:.1%} |")
-    print("decision query's attention weight on the cue frames, per layer: "
-          + ", ".join(f"{v:.2f}" for v in w))
+    print("decision query's attention weight per layer: on the cue frames "
+          + ", ".join(f"{v:.3f}" for v in w["cue_frames"]["mean"])
+          + f" (uniform: {w['uniform_on_cue_frames']:.3f}); on position 0 (no frame) "
+          + ", ".join(f"{v:.3f}" for v in w["position_0"]["mean"]))
     print(f"wrote {out}")
 
 

@@ -530,16 +530,16 @@ def test_blocked_keys_cut_exactly_the_paths_they_name():
     first = torch.zeros(2, T, dtype=torch.bool)
     h = lambda g: core(g, first, core.initial_state(2))[0]  # noqa: E731
     moved = g.clone()
-    moved[:, :4] += torch.randn(2, 4, 16, dtype=torch.float64)  # the 'cue frames': positions 0-3
-    with blocked(core, 0, 0):  # nothing blocked: the same numbers
+    moved[:, 1:4] += torch.randn(2, 3, 16, dtype=torch.float64)  # the 'cue frames': positions 1-3
+    with blocked(core, 0, range(0)):  # nothing blocked: the same numbers
         assert torch.equal(h(g), h(g.clone()))
         torch.testing.assert_close(h(g), core(g, first, core.initial_state(2))[0], rtol=0, atol=0)
     assert not torch.allclose(h(moved)[:, 4:], h(g)[:, 4:])  # open: later steps see the cue frames
-    with blocked(core, 4, 4):  # no query after them may attend them, in any layer: no path is left
+    with blocked(core, 4, range(1, 4)):  # no later query may attend them, in any layer: no path left
         torch.testing.assert_close(h(moved)[:, 4:], h(g)[:, 4:], rtol=0, atol=1e-12)
-    with blocked(core, 9, 4):  # only the last 3 queries blocked: the steps between still read them,
-        assert not torch.allclose(h(moved)[:, 4:9], h(g)[:, 4:9])  # and pass them on through layer 2
-        assert not torch.allclose(h(moved)[:, 9:], h(g)[:, 9:])
+    with blocked(core, 9, range(1, 4)):  # only the last 3 queries blocked: the steps between still
+        assert not torch.allclose(h(moved)[:, 4:9], h(g)[:, 4:9])  # read them, and pass them on
+        assert not torch.allclose(h(moved)[:, 9:], h(g)[:, 9:])  # through the second layer
     torch.testing.assert_close(h(g), core(g, first, core.initial_state(2))[0])  # hooks removed
 
 
@@ -547,21 +547,25 @@ def test_weight_on_sums_the_attention_of_one_query():
     from memory.readback import weight_on
     g = torch.randn(2, 12, 16, dtype=torch.float64)
     first = torch.zeros(2, 12, dtype=torch.bool)
-    for mem_len, keys_to, expected in ((16, 11, 1.0), (4, 6, 0.0)):  # query 10: all of its keys;
-        core, got = _xl_core(mem_len), []  # with a 4-step window, none of positions 0-5
-        with weight_on(core, 10, keys_to, got):
+    for mem_len, keys, expected in ((16, range(11), 1.0), (4, range(6), 0.0)):  # query 10: all of its
+        core, got = _xl_core(mem_len), []  # keys; with a 4-step window, none of positions 0-5
+        with weight_on(core, 10, keys, got):
             core(g, first, core.initial_state(2))
         assert len(got) == 1 and got[0].shape == (2, 2)  # (B, n_layers)
         torch.testing.assert_close(got[0], torch.full((2, 2), expected, dtype=torch.float64))
-    core, got = _xl_core(16), []
-    with weight_on(core, 10, 3, got):
-        core(g, first, core.initial_state(2))
-    assert ((got[0] > 0) & (got[0] < 1)).all()  # a part of it on positions 0-2
+    core, parts = _xl_core(16), []
+    for keys in (range(0, 3), range(3, 11)):
+        with weight_on(core, 10, keys, parts):
+            core(g, first, core.initial_state(2))
+    assert ((parts[0] > 0) & (parts[0] < 1)).all()  # a part of it on positions 0-2,
+    torch.testing.assert_close(parts[0] + parts[1], torch.ones(2, 2, dtype=torch.float64))  # the rest
 
 
 def test_cue_frames_end_where_the_cue_leaves_the_view():
-    from memory.readback import cue_frames
-    assert cue_frames({"cell": np.array([[2, 2], [3, 2], [4, 2], [5, 2], [6, 2]])}) == 3  # x > 2 + VIEW
+    from memory.readback import cue_frames, cue_keys, placebo_keys
+    episode = {"cell": np.array([[2, 2], [3, 2], [4, 2], [5, 2], [6, 2]])}
+    assert cue_frames(episode) == 3 and cue_keys(episode) == range(1, 4)  # x > 2 + VIEW from frame 3
+    assert placebo_keys(range(1, 4), 20) == range(10, 13)  # as many keys, midway to the hallway's end
     with pytest.raises(ValueError, match="leave the cue's view"):
         cue_frames({"cell": np.array([[2, 2], [5, 2], [4, 2]])})  # walks back into view
 
@@ -577,12 +581,15 @@ def test_readback_command_on_a_trained_tssm_cell(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads((tmp_path / "run" / "eval" / "readback.json").read_text())
     assert out["updates"] == 2 and out["episodes"] == 2 and out["draws"] == 2
-    for condition in ("open", "end", "all"):
+    for condition in ("open", "end", "end_placebo", "all"):
         assert all(v * 2 == round(v * 2) for v in out["per_draw"][condition])  # fractions of 2 episodes
         assert out["reward_acc_inference"][condition] == pytest.approx(np.mean(out["per_draw"][condition]))
-    weight = out["decision_weight_on_cue_frames"]
-    assert len(weight["mean"]) == 1 and all(  # the debug block's one layer0 <= lo <= m <= hi <= 1 for lo, m, hi in
-                                            zip(weight["min"], weight["mean"], weight["max"]))
+    weight = out["decision_weight"]
+    for part in ("cue_frames", "position_0"):
+        w = weight[part]
+        assert len(w["mean"]) == 1  # the debug block's one layer
+        assert all(0 <= lo <= m <= hi <= 1 for lo, m, hi in zip(w["min"], w["mean"], w["max"]))
+    assert 0 < weight["uniform_on_cue_frames"] < 1
     # a cell of another backbone: one line naming what the test is for
     (tmp_path / "run" / "config.yaml").write_text(
         (tmp_path / "run" / "config.yaml").read_text().replace("backbone: tssm", "backbone: rssm"))
@@ -593,8 +600,8 @@ def test_readback_command_on_a_trained_tssm_cell(tmp_path):
 
 def test_with_every_later_query_blocked_the_decision_cannot_depend_on_the_cue_frames():
     """The 'all' control of memory.readback is exact: the core's key p carries frame p-1 (g_p reads
-    z_{p-1}), so blocking the first cue_keys positions from every later query cuts every path from
-    the cue frames to the later features; one position fewer leaves the last cue frame's path open."""
+    z_{p-1}) and key 0 no frame, so blocking cue_keys from every later query cuts every path from the
+    cue frames to the later features; one position fewer leaves the last cue frame's path open."""
     from memory.episodes import MODEL_KEYS, observe
     from memory.readback import blocked, cue_frames, cue_keys
     from replay import to_torch
@@ -605,16 +612,16 @@ def test_with_every_later_query_blocked_the_decision_cannot_depend_on_the_cue_fr
     e["image"] = rng.integers(0, 256, e["image"].shape, dtype=np.uint8)
     e["action"] = np.eye(3, dtype=np.float32)[rng.integers(3, size=12)]
     moved = dict(e, image=e["image"].copy())
-    moved["image"][:cue_frames(e)] = rng.integers(0, 256, moved["image"][:5].shape, dtype=np.uint8)
+    moved["image"][:5] = rng.integers(0, 256, moved["image"][:5].shape, dtype=np.uint8)
     keys = cue_keys(e)
-    assert (cue_frames(e), keys) == (5, 6)
+    assert cue_frames(e) == 5 and keys == range(1, 6)
 
-    def feat(episode, keys_to):
+    def feat(episode, keys):
         torch.manual_seed(1)  # the same latent draws for both episodes
         data = to_torch({k: episode[k][None] for k in MODEL_KEYS}, "cpu")
-        with blocked(wm.core, keys_to, keys_to):
+        with blocked(wm.core, keys.stop, keys):
             return observe(wm, data, wm.initial_state(1), 12)[0][0]  # (T, F)
 
-    torch.testing.assert_close(feat(moved, keys)[keys:], feat(e, keys)[keys:], rtol=0, atol=1e-6)
-    assert not torch.allclose(feat(moved, keys - 1)[keys:], feat(e, keys - 1)[keys:], atol=1e-3)
-    assert not torch.allclose(feat(moved, 0)[keys:], feat(e, 0)[keys:], atol=1e-3)  # open
+    torch.testing.assert_close(feat(moved, keys)[6:], feat(e, keys)[6:], rtol=0, atol=1e-6)
+    assert not torch.allclose(feat(moved, range(1, 5))[6:], feat(e, range(1, 5))[6:], atol=1e-3)
+    assert not torch.allclose(feat(moved, range(0))[6:], feat(e, range(0))[6:], atol=1e-3)  # open
