@@ -22,8 +22,10 @@ some queries, in every layer, and scores the reward accuracy in inference as mem
 
 Each accuracy is the mean over --draws samples of the latents (the posterior is sampled: one draw
 moves a cell's accuracy by several points), the same draws for every condition. With them, per layer,
-the attention weight the decision step's query puts on the cue frames and on position 0 (open; mean
-over heads and episodes). The cell's saved config.yaml names the model and the dataset (which must be on disk; the
+the attention weight the decision step's query puts on the cue frames and on position 0 (open, first
+draw; mean over heads and episodes), and what uniform attention over its window would put on the cue
+frames. The query at step t gives the feature of frame t but has read frames up to t-1 (frame t
+enters at t+1), so 'end' blocks from one step before the probe's frame has been read: stricter. The cell's saved config.yaml names the model and the dataset (which must be on disk; the
 held-out test episodes are scored). Prints a table and writes <logdir>/eval/readback.json.
 """
 from __future__ import annotations
@@ -68,9 +70,12 @@ def cue_keys(episode: dict) -> range:
 
 
 def placebo_keys(cue: range, end: int) -> range:
-    """As many keys as `cue` holds, from the middle of the hallway (between the cue frames and the
-    hallway's end): blocking them tests whether taking away any keys of that count hurts."""
-    start = (cue.stop + end - len(cue)) // 2
+    """As many keys as `cue` holds, from the middle of the hallway between the cue frames' keys and
+    the hallway's end: blocking them tests whether taking away any keys of that count hurts."""
+    if end - cue.stop < len(cue):
+        raise ValueError(f"the hallway is too short for the test: {end - cue.stop} keys between the "
+                         f"cue frames and the hallway's end, fewer than the {len(cue)} cue frames")
+    start = cue.stop + (end - cue.stop - len(cue)) // 2
     return range(start, start + len(cue))
 
 
@@ -123,6 +128,18 @@ def weight_on(core, query: int, keys: range, into: list):
     return _before_every_layer(core, hook)
 
 
+def condition_block(core, condition: str, episode: dict):
+    """The context that blocks what `condition` (module docstring) takes away, for this episode."""
+    cue, end = cue_keys(episode), hallway_end(episode)
+    if condition == "end":
+        return blocked(core, end, cue)
+    if condition == "end_placebo":
+        return blocked(core, end, placebo_keys(cue, end))
+    if condition == "all":
+        return blocked(core, cue.stop, cue)
+    return contextlib.nullcontext()
+
+
 def _spread(values: list) -> dict:
     w = torch.cat(values).cpu().numpy()  # (episodes, n_layers)
     return {"mean": w.mean(0).tolist(), "min": w.min(0).tolist(), "max": w.max(0).tolist()}
@@ -146,11 +163,7 @@ def readback(wm, episodes: list[dict], *, draws: int, seed: int = 0) -> dict:
             for e in episodes:
                 t, cue = metrics.decision_step(e["reward_step"]), cue_keys(e)
                 data = to_torch({k: e[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
-                end = hallway_end(e)
-                block = {"open": contextlib.nullcontext(),
-                         "end": blocked(core, end, cue),
-                         "end_placebo": blocked(core, end, placebo_keys(cue, end)),
-                         "all": blocked(core, cue.stop, cue)}[condition]
+                block = condition_block(core, condition, e)
                 record = contextlib.ExitStack()
                 if condition == "open" and draw == 0:
                     record.enter_context(weight_on(core, t, cue, on_cue))
@@ -202,14 +215,18 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="torch seed of the first draw")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    if args.draws < 1:
-        fail(f"--draws must be >= 1, got {args.draws}")
+    for name in ("draws", "threads"):
+        if getattr(args, name) < 1:
+            fail(f"--{name} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
     wm, test, updates = load_cell(args.logdir)
-    result = {"updates": updates, **readback(wm, test, draws=args.draws, seed=args.seed)}
     out = args.logdir / "eval" / "readback.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    try:
+        result = {"updates": updates, **readback(wm, test, draws=args.draws, seed=args.seed)}
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+    except (ValueError, OSError) as e:
+        fail(f"{args.logdir}: {e}")
     acc, w = result["reward_acc_inference"], result["decision_weight"]
     print(f"{args.logdir} at {updates} updates, {result['episodes']} test episodes, {args.draws} draws")
     print("| blocked | reward accuracy (inference) |\n|---|---|")

@@ -529,18 +529,20 @@ def test_blocked_keys_cut_exactly_the_paths_they_name():
     g = torch.randn(2, T, 16, dtype=torch.float64)
     first = torch.zeros(2, T, dtype=torch.bool)
     h = lambda g: core(g, first, core.initial_state(2))[0]  # noqa: E731
+    plain = h(g)
     moved = g.clone()
     moved[:, 1:4] += torch.randn(2, 3, 16, dtype=torch.float64)  # the 'cue frames': positions 1-3
     with blocked(core, 0, range(0)):  # nothing blocked: the same numbers
-        assert torch.equal(h(g), h(g.clone()))
-        torch.testing.assert_close(h(g), core(g, first, core.initial_state(2))[0], rtol=0, atol=0)
-    assert not torch.allclose(h(moved)[:, 4:], h(g)[:, 4:])  # open: later steps see the cue frames
+        torch.testing.assert_close(h(g), plain, rtol=0, atol=0)
+    assert not torch.allclose(h(moved)[:, 4:], plain[:, 4:])  # open: later steps see the cue frames
     with blocked(core, 4, range(1, 4)):  # no later query may attend them, in any layer: no path left
-        torch.testing.assert_close(h(moved)[:, 4:], h(g)[:, 4:], rtol=0, atol=1e-12)
+        torch.testing.assert_close(h(moved)[:, 4:], h(g)[:, 4:], rtol=0, atol=0)
+        assert not torch.allclose(h(g)[:, 4:], plain[:, 4:])  # (the block itself changes them)
     with blocked(core, 9, range(1, 4)):  # only the last 3 queries blocked: the steps between still
         assert not torch.allclose(h(moved)[:, 4:9], h(g)[:, 4:9])  # read them, and pass them on
         assert not torch.allclose(h(moved)[:, 9:], h(g)[:, 9:])  # through the second layer
-    torch.testing.assert_close(h(g), core(g, first, core.initial_state(2))[0])  # hooks removed
+    torch.testing.assert_close(h(g), plain, rtol=0, atol=0)  # the hooks are gone
+    assert not any(layer._forward_pre_hooks for layer in core.layers)
 
 
 def test_weight_on_sums_the_attention_of_one_query():
@@ -566,14 +568,16 @@ def test_cue_frames_end_where_the_cue_leaves_the_view():
     episode = {"cell": np.array([[2, 2], [3, 2], [4, 2], [5, 2], [6, 2]])}
     assert cue_frames(episode) == 3 and cue_keys(episode) == range(1, 4)  # x > 2 + VIEW from frame 3
     assert placebo_keys(range(1, 4), 20) == range(10, 13)  # as many keys, midway to the hallway's end
+    with pytest.raises(ValueError, match="too short"):
+        placebo_keys(range(1, 6), 9)  # 3 keys between the cue frames and the end: no room for 5
     with pytest.raises(ValueError, match="leave the cue's view"):
         cue_frames({"cell": np.array([[2, 2], [5, 2], [4, 2]])})  # walks back into view
 
 
 def test_readback_command_on_a_trained_tssm_cell(tmp_path):
     args = ["--configs", "distracting_memory", "debug", "tssm", "--memory.out", str(tmp_path / "data"),
-            "--memory.width", "6", "--memory.episodes", "6", "--offline.test_episodes", "2",
-            "--offline.updates", "2", "--offline.probe_updates", "5"]
+            "--memory.width", "30", "--memory.episodes", "6", "--offline.test_episodes", "2",
+            "--offline.updates", "2", "--offline.probe_updates", "5", "--tssm.mem_len", "48"]
     res = run_main(tmp_path, args)
     assert res.returncode == 0, res.stderr[-2000:]
     cmd = [sys.executable, "-m", "memory.readback", "--logdir", str(tmp_path / "run"), "--draws", "2"]
@@ -589,7 +593,7 @@ def test_readback_command_on_a_trained_tssm_cell(tmp_path):
         w = weight[part]
         assert len(w["mean"]) == 1  # the debug block's one layer
         assert all(0 <= lo <= m <= hi <= 1 for lo, m, hi in zip(w["min"], w["mean"], w["max"]))
-    assert 0 < weight["uniform_on_cue_frames"] < 1
+    assert 0 < weight["uniform_on_cue_frames"] < 1  # the 48-step window covers the cue frames
     # a cell of another backbone: one line naming what the test is for
     (tmp_path / "run" / "config.yaml").write_text(
         (tmp_path / "run" / "config.yaml").read_text().replace("backbone: tssm", "backbone: rssm"))
@@ -606,7 +610,8 @@ def test_with_every_later_query_blocked_the_decision_cannot_depend_on_the_cue_fr
     from memory.readback import blocked, cue_frames, cue_keys
     from replay import to_torch
     torch.manual_seed(0)
-    wm = build_world_model(merge(load_blocks(), ["debug", "tssm"], {"tssm.mem_len": "16"}), 3).eval()
+    config = merge(load_blocks(), ["debug", "tssm"], {"tssm.mem_len": "16", "tssm.n_layers": "2"})
+    wm = build_world_model(config, 3).eval()
     rng = np.random.default_rng(0)
     e = _cue_episode(rng, T=12)  # x = 0 .. 11: frames 0-4 show the cue (x <= 2 + VIEW)
     e["image"] = rng.integers(0, 256, e["image"].shape, dtype=np.uint8)
@@ -622,6 +627,25 @@ def test_with_every_later_query_blocked_the_decision_cannot_depend_on_the_cue_fr
         with blocked(wm.core, keys.stop, keys):
             return observe(wm, data, wm.initial_state(1), 12)[0][0]  # (T, F)
 
-    torch.testing.assert_close(feat(moved, keys)[6:], feat(e, keys)[6:], rtol=0, atol=1e-6)
+    torch.testing.assert_close(feat(moved, keys)[6:], feat(e, keys)[6:], rtol=0, atol=0)
     assert not torch.allclose(feat(moved, range(1, 5))[6:], feat(e, range(1, 5))[6:], atol=1e-3)
     assert not torch.allclose(feat(moved, range(0))[6:], feat(e, range(0))[6:], atol=1e-3)  # open
+
+
+def test_readback_blocks_what_each_condition_names(monkeypatch):
+    """The wiring of memory.readback.readback: which queries lose which keys in each condition."""
+    from memory import readback as rb
+    from memory.probe import hallway_end
+    calls = []
+    real = rb.blocked
+    monkeypatch.setattr(rb, "blocked", lambda core, q, keys: calls.append((q, keys)) or real(core, q, keys))
+    torch.manual_seed(0)
+    config = merge(load_blocks(), ["debug", "tssm"], {"tssm.mem_len": "32"})
+    wm = build_world_model(config, 3).eval()
+    e = _cue_episode(np.random.default_rng(0), T=24)  # x = 0 .. 23: frames 0-4 show the cue
+    out = rb.readback(wm, [e], draws=1)
+    end, cue = hallway_end(e), rb.cue_keys(e)
+    assert calls == [(end, cue), (end, rb.placebo_keys(cue, end)), (cue.stop, cue)]
+    assert (end, cue, rb.placebo_keys(cue, end)) == (20, range(1, 6), range(10, 15))
+    assert set(out["reward_acc_inference"]) == {"open", "end", "end_placebo", "all"}
+    assert out["decision_weight"]["uniform_on_cue_frames"] == pytest.approx(5 / 24)  # window 0-23
