@@ -25,8 +25,9 @@ moves a cell's accuracy by several points), the same draws for every condition. 
 the attention weight the decision step's query puts on the cue frames and on position 0 (open, first
 draw; mean over heads and episodes), and what uniform attention over its window would put on the cue
 frames. The query at step t gives the feature of frame t but has read frames up to t-1 (frame t
-enters at t+1), so 'end' blocks from one step before the probe's frame has been read: stricter. The cell's saved config.yaml names the model and the dataset (which must be on disk; the
-held-out test episodes are scored). Prints a table and writes <logdir>/eval/readback.json.
+enters at t+1), so 'end' blocks from one step before the probe's frame has been read: stricter.
+The cell's saved config.yaml names the model and the dataset (which must be on disk; the held-out
+test episodes are scored). Prints a table and writes <logdir>/eval/readback.json.
 """
 from __future__ import annotations
 
@@ -193,11 +194,10 @@ def load_cell(logdir: pathlib.Path):
              f"{config.memory.env} with {config.backbone}")
     folder = dataset_folder(config)
     if not pathlib.Path(folder).is_dir():
-        fail(f"the cell's dataset {folder} is not on disk: make it with python -m memory.collect "
-             f"--configs distracting_memory --memory.width {config.memory.width} "
-             f"--env.image_size {config.env.image_size}, or run from the folder the cell was trained in")
+        fail(f"the cell's dataset {folder} is not on disk: run from the folder the cell was trained "
+             "in, or rerun the cell's training command (it makes the dataset first)")
     try:
-        train, test = load_episodes(folder, config.memory.episodes, config.offline.test_episodes)
+        _, test = load_episodes(folder, config.memory.episodes, config.offline.test_episodes)
     except ConfigError as e:
         fail(str(e))
     ckpt = load_checkpoint(logdir, FIELDS)
