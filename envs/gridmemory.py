@@ -65,6 +65,7 @@ for _name, _rgb in _EXTRA.items():
 COLOURS = ("red", "green", "blue", "purple", "yellow", "orange", "cyan", "pink")
 LEFT, RIGHT, FORWARD, PICKUP, OPEN = range(5)
 DIRS = constants.DIR_TO_VEC  # heading 0 right, 1 down, 2 left, 3 up
+CUE = (2, 2)  # Distracting Memory: the cue square, at the centre of the start room
 
 
 def build_distracting(width: int, *, max_steps: int, image_size: int = 64) -> gymnasium.Env:
@@ -183,7 +184,7 @@ class DistractingMemory(GridMemoryEnv):
             for y in range(1, 4):
                 self.grid.set(x, y, None)
         self.cue = int(rng.integers(len(COLOURS)))
-        self.grid.set(2, 2, Floor(COLOURS[self.cue]))
+        self.grid.set(*CUE, Floor(COLOURS[self.cue]))
         for x in range(4, self.junction):
             self.grid.set(x, 2, Floor(COLOURS[int(rng.integers(len(COLOURS)))]))
         self.grid.set(self.junction, 2, None)
@@ -191,10 +192,20 @@ class DistractingMemory(GridMemoryEnv):
         top, bottom = (self.cue, other) if rng.integers(2) else (other, self.cue)
         self.grid.set(self.junction, 1, Floor(COLOURS[top]))
         self.grid.set(self.junction, 3, Floor(COLOURS[bottom]))
-        cells = [(x, y) for x in range(1, 4) for y in range(1, 4) if (x, y) != (2, 2)]
+        cells = [(x, y) for x in range(1, 4) for y in range(1, 4) if (x, y) != CUE]
         self.agent_pos = cells[int(rng.integers(len(cells)))]
         self.agent_dir = int(rng.integers(4))
         self._reached = False
+
+    def end_colours(self) -> tuple[int, int]:
+        """The colour indices of the end squares above and below the junction (one is the cue's)."""
+        return tuple(COLOURS.index(self.grid.get(self.junction, y).color) for y in (1, 3))
+
+    def paint_cue(self, cue: int) -> None:
+        """Repaint the cue square in colour `cue` (an index into COLOURS), after reset: the reward
+        follows the new colour. A counterfactual of the same layout (memory/cueswap.py)."""
+        self.cue = int(cue)
+        self.grid.set(*CUE, Floor(COLOURS[self.cue]))
 
     def _arrived(self, cell) -> tuple[float, bool]:
         x, y = self.agent_pos

@@ -91,26 +91,35 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
 
 
 @torch.no_grad()
+def predict_rewards(wm, episode: dict, *, chunk: int, device) -> dict:
+    """Distracting Memory, one episode: the predicted reward of every frame (T,) in 'inference' (the
+    whole episode observed) and in 'imagination' (the context observed, the rest imagined: the
+    context's frames get 0), with the reconstructed context 'recon' and the imagined frames 'imag'
+    (uint8). The latents are sampled: the global torch generator draws them."""
+    data = to_torch({k: episode[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
+    T, t = len(episode["image"]), metrics.decision_step(episode["reward_step"])
+    feat, _ = observe(wm, data, wm.initial_state(1), chunk)
+    context = _context_length(episode)
+    if not 0 < context <= t:
+        raise ValueError(f"decision step {t} is not after the context ({context} frames)")
+    recon, imag_feat, imag = rollout(wm, [episode], context, 0, chunk, device)
+    imagined = np.zeros(T, np.float32)  # posterior frames, then the prior's
+    imagined[context:] = wm.reward(imag_feat)[0].cpu().numpy()
+    return {"inference": wm.reward(feat)[0].cpu().numpy(), "imagination": imagined,
+            "recon": recon[0], "imag": imag[0]}
+
+
 def evaluate_rewards(wm, episodes: list[dict], *, chunk: int, device) -> tuple[dict, dict, np.ndarray]:
     """Distracting Memory: reward accuracy at the decision step, observed vs imagined (one episode
     at a time: lengths differ). Returns (summary, curves {}, prediction of episode 0)."""
     inference, imagination, gen_mse, video = [], [], [], None
     for e in episodes:
-        data = to_torch({k: e[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
-        T, t = len(e["image"]), metrics.decision_step(e["reward_step"])
-        feat, _ = observe(wm, data, wm.initial_state(1), chunk)
-        inference.append(metrics.reward_correct(wm.reward(feat)[0].cpu().numpy(), e["reward"],
-                                                e["reward_step"]))
-        context = _context_length(e)
-        if not 0 < context <= t:
-            raise ValueError(f"decision step {t} is not after the context ({context} frames)")
-        recon, imag_feat, imag = rollout(wm, [e], context, 0, chunk, device)
-        pred = np.zeros(T, np.float32)  # predicted reward of every frame: posterior, then prior
-        pred[context:] = wm.reward(imag_feat)[0].cpu().numpy()
-        imagination.append(metrics.reward_correct(pred, e["reward"], e["reward_step"]))
-        gen_mse.append(metrics.mse(imag[0], e["image"][context:]).mean())
+        pred = predict_rewards(wm, e, chunk=chunk, device=device)
+        inference.append(metrics.reward_correct(pred["inference"], e["reward"], e["reward_step"]))
+        imagination.append(metrics.reward_correct(pred["imagination"], e["reward"], e["reward_step"]))
+        gen_mse.append(metrics.mse(pred["imag"], e["image"][_context_length(e):]).mean())
         if video is None:
-            video = np.concatenate([recon[0], imag[0]], 0)
+            video = np.concatenate([pred["recon"], pred["imag"]], 0)
     summary = {"reward_acc_inference": metrics.accuracy(inference),
                "reward_acc_imagination": metrics.accuracy(imagination),
                "gen_mse": float(np.mean(gen_mse))}

@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from common import interrupt
-from envs.gridmemory import COLOURS
+from envs.gridmemory import COLOURS, CUE
 from memory.episodes import MODEL_KEYS, observe
 from memory.metrics import decision_step
 from replay import to_torch
@@ -244,6 +244,16 @@ def evaluate_probes(wm, train: list[dict], test: list[dict], *, batch: int, chun
     summary["probe_behind_acc_frame"] = float(wall_accuracy(frame_logits[..., BEHIND], local_te[..., BEHIND]).mean())
     return summary, {"wall_acc": acc.mean(0).tolist(), "object_mse": err.mean(0).tolist(),
                      "behind_acc": behind.mean(0).tolist()}
+
+
+def cue_frames(episode: dict) -> int:
+    """Distracting Memory: how many leading frames show the cue, the agent within VIEW cells of its
+    column (the scripted policy walks on and never comes back into view, which is checked)."""
+    x = episode["cell"][:, 0]
+    gone = np.flatnonzero(x > CUE[0] + VIEW)
+    if not len(gone) or (x[gone[0]:] <= CUE[0] + VIEW).any():
+        raise ValueError("the episode does not leave the cue's view for good")
+    return int(gone[0])
 
 
 def hallway_end(episode: dict) -> int:

@@ -31,36 +31,20 @@ test episodes are scored). Prints a table and writes <logdir>/eval/readback.json
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import pathlib
 
 import numpy as np
 import torch
 
 from common.cli import fail
-from common.config import Config, ConfigError, read_saved
-from common.run import load_checkpoint, restore
 from memory import metrics
-from memory.collect import dataset_folder
+from memory.cell import cell_arguments, load_cell
 from memory.episodes import MODEL_KEYS, observe
-from memory.probe import VIEW, hallway_end
-from memory.train import FIELDS, Trainer, load_episodes
+from memory.probe import cue_frames, hallway_end
 from replay import to_torch
 
-CUE_X = 2  # the cue square's column (envs/gridmemory.py)
 CONDITIONS = ("open", "end", "end_placebo", "all")
-
-
-def cue_frames(episode: dict) -> int:
-    """How many leading frames show the cue: the agent within VIEW cells of its column (the scripted
-    policy walks on and never comes back into view, which is checked)."""
-    x = episode["cell"][:, 0]
-    gone = np.flatnonzero(x > CUE_X + VIEW)
-    if not len(gone) or (x[gone[0]:] <= CUE_X + VIEW).any():
-        raise ValueError("the episode does not leave the cue's view for good")
-    return int(gone[0])
 
 
 def cue_keys(episode: dict) -> range:
@@ -183,43 +167,9 @@ def readback(wm, episodes: list[dict], *, draws: int, seed: int = 0) -> dict:
                                 "uniform_on_cue_frames": float(np.mean(uniform))}}
 
 
-def load_cell(logdir: pathlib.Path):
-    """A trained Distracting Memory TSSM-XL cell -> (world model, held-out test episodes)."""
-    try:
-        config = Config(read_saved(logdir / "config.yaml"))
-    except ConfigError as e:
-        fail(str(e))
-    if config.memory.env != "distracting_memory" or config.backbone != "tssm":
-        fail(f"{logdir}: the read-back test is for Distracting Memory cells of backbone tssm, this one is "
-             f"{config.memory.env} with {config.backbone}")
-    folder = dataset_folder(config)
-    if not pathlib.Path(folder).is_dir():
-        fail(f"the cell's dataset {folder} is not on disk: run from the folder the cell was trained "
-             "in, or rerun the cell's training command (it makes the dataset first)")
-    try:
-        _, test = load_episodes(folder, config.memory.episodes, config.offline.test_episodes)
-    except ConfigError as e:
-        fail(str(e))
-    ckpt = load_checkpoint(logdir, FIELDS)
-    if ckpt is None:
-        fail(f"{logdir} has no checkpoint.pt: the test needs the trained weights")
-    trainer = Trainer(config, test[0]["action"].shape[-1], torch.device("cpu"))
-    restore(logdir, lambda: trainer.restore(ckpt["trainer"]))
-    return trainer.wm.eval(), test, int(ckpt["updates"])
-
-
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m memory.readback", description=__doc__.split("\n")[0])
-    parser.add_argument("--logdir", required=True, type=pathlib.Path, help="a trained tssm cell")
-    parser.add_argument("--draws", type=int, default=5, help="latent samples per condition")
-    parser.add_argument("--seed", type=int, default=0, help="torch seed of the first draw")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    for name in ("draws", "threads"):
-        if getattr(args, name) < 1:
-            fail(f"--{name} must be >= 1, got {getattr(args, name)}")
-    torch.set_num_threads(args.threads)
-    wm, test, updates = load_cell(args.logdir)
+    args = cell_arguments("memory.readback", __doc__, "a trained tssm cell", argv)
+    _, wm, test, updates = load_cell(args.logdir, backbone="tssm")
     out = args.logdir / "eval" / "readback.json"
     try:
         result = {"updates": updates, **readback(wm, test, draws=args.draws, seed=args.seed)}

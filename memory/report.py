@@ -140,6 +140,42 @@ def perception_gate(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def causal_tests(logdirs: dict[str, pathlib.Path]) -> list[str]:
+    """Distracting Memory: the causal tests run on the cells, where their files exist:
+    memory.cueswap (eval/cueswap.json, any backbone) and memory.readback (eval/readback.json,
+    TSSM-XL). [] when no cell has either."""
+    lines = []
+    swaps = {c: _read_json(d / "eval" / "cueswap.json") for c, d in logdirs.items()
+             if (d / "eval" / "cueswap.json").exists()}
+    if swaps:
+        lines += ["Does the prediction follow the cue? `memory.cueswap`: the test episodes replayed with the cue "
+                  "painted in the other end square's colour; flipped = the thresholded prediction changes, "
+                  "right on both = right on the episode and on its swapped copy (impossible without "
+                  "using the cue), resampled = flips between two draws of the latents (the noise floor); "
+                  "inference / imagination, mean over draws.", "",
+                  "| cell | updates | draws | flipped | right on both | resampled | accuracy (swapped) |",
+                  "|---|---|---|---|---|---|---|"]
+        for cell, r in swaps.items():
+            def both(key):
+                return " / ".join(f"{100 * r[m][key]:.1f}%" for m in ("inference", "imagination"))
+            lines.append(f"| {cell} | {r['updates']} | {r['draws']} | {both('flipped')} | "
+                         f"{both('right_on_both')} | {both('resampled_flipped')} | {both('accuracy_swapped')} |")
+        lines.append("")
+    reads = {c: _read_json(d / "eval" / "readback.json") for c, d in logdirs.items()
+             if (d / "eval" / "readback.json").exists()}
+    if reads:
+        lines += ["Where TSSM-XL keeps the cue, `memory.readback`: reward accuracy in inference with the cue "
+                  "frames blocked from the hallway end's queries, with as many other keys blocked "
+                  "(placebo), and from every later query (the no-cue control).", "",
+                  "| cell | updates | draws | open | end | placebo | control |", "|---|---|---|---|---|---|---|"]
+        for cell, r in reads.items():
+            acc = r["reward_acc_inference"]
+            lines.append(f"| {cell} | {r['updates']} | {r['draws']} | " + " | ".join(
+                f"{100 * acc[c]:.1f}%" for c in ("open", "end", "end_placebo", "all")) + " |")
+        lines.append("")
+    return lines
+
+
 def loss_change(windows: list[float]) -> str:
     """The last evaluation window's mean training loss against the one before, e.g. '-2.9%' (how
     flat the loss was where training stopped), or '-' with fewer than two windows."""
@@ -380,6 +416,10 @@ def video_lines(out: pathlib.Path, truth, predictions: dict[str, dict | None], f
     lost = [n for n, p in predictions.items() if p is None]
     why = "(eval/prediction.npz is not committed; rerun the cells to draw it)"
     if not kept:
+        if (out / "imagination.png").exists():  # drawn when the cells were trained: kept as it is
+            return ["Imagination of test episode 0 (columns: truth, then each backbone's first seed; bottom "
+                    "row |error|): imagination.mp4, as drawn by the run that trained the cells (not redrawn "
+                    "here: eval/prediction.npz is not committed)", "", "![imagination](imagination.png)"]
         return [f"No imagination video: no backbone's first seed keeps its prediction {why}."]
     from common.logger import write_mp4
     from PIL import Image
@@ -464,14 +504,18 @@ def main(argv=None) -> None:
              "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; reward accuracies at "
              "the recorded decision step (memory/metrics.py); cue_acc_* and probe_* are probes on "
              "the frozen model's features (memory/probe.py).", "",
-             *perception_gate(results), "", *progress_lines, *cost(results), ""]
+             *perception_gate(results), "", *causal_tests(logdirs), *progress_lines, *cost(results), ""]
     if walls:
         lines += ["| cell | wall time (this call) |", "|---|---|"]
         lines += [f"| {k} | {v / 60:.1f} min |" for k, v in walls.items()] + [""]
     lines += [*[f"![{p}]({p})" for p in plots], "", *video]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+    trained_with = {"configs": args.configs, "extra": extra}
+    if args.report_only and (out / "report.json").exists():  # how the cells were trained: as recorded
+        before = _read_json(out / "report.json")
+        trained_with = {k: before.get(k, v) for k, v in trained_with.items()}
     (out / "report.json").write_text(json.dumps(
-        {"dataset": name, "configs": args.configs, "extra": extra, "walls": walls,
+        {"dataset": name, **trained_with, "walls": walls,
          "results": results,
          "progress": {n: {seed: {str(u): v for u, v in h.items()} for seed, h in seeds.items()}
                       for n, seeds in history.items()}},

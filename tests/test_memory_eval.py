@@ -215,7 +215,18 @@ def test_report_writes_table_plots_and_video(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     text = (out / "report.md").read_text()
     assert "running:" not in res.stdout and "wall time (this call)" not in text  # nothing trained
-    assert "--report-only" in text and "No imagination video" in text and "123.0000" in text
+    assert "--report-only" in text and "123.0000" in text
+    assert "as drawn by the run that trained the cells" in text  # the committed still is kept
+    assert "memory.cueswap" not in text and "memory.readback" not in text  # no causal test was run
+    (out / "imagination.png").unlink()
+    swap = {m: {"flipped": 0.25, "right_on_both": 0.125, "resampled_flipped": 0.0625, "accuracy": 0.5,
+                "accuracy_swapped": 0.375} for m in ("inference", "imagination")}
+    (out / "rssm_seed0" / "eval" / "cueswap.json").write_text(json.dumps({"updates": 2, "draws": 3, **swap}))
+    res = subprocess.run(again, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    text = (out / "report.md").read_text()
+    assert "No imagination video" in text
+    assert "| rssm_seed0 | 2 | 3 | 25.0% / 25.0% | 12.5% / 12.5% | 6.2% / 6.2% | 37.5% / 37.5% |" in text
     res = subprocess.run([*again, "--at", "1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     text = (out / "report.md").read_text()
@@ -574,15 +585,22 @@ def test_cue_frames_end_where_the_cue_leaves_the_view():
         cue_frames({"cell": np.array([[2, 2], [5, 2], [4, 2]])})  # walks back into view
 
 
-def test_readback_command_on_a_trained_tssm_cell(tmp_path):
-    args = ["--configs", "distracting_memory", "debug", "tssm", "--memory.out", str(tmp_path / "data"),
-            "--memory.width", "30", "--memory.episodes", "6", "--offline.test_episodes", "2",
-            "--offline.updates", "2", "--offline.probe_updates", "5", "--tssm.mem_len", "48"]
+def _test_on_a_trained_cell(tmp_path, backbone: str, width: int, module: str, *extra: str):
+    """Train a tiny Distracting Memory cell (2 updates, 2 test episodes), run `module` on it with 2
+    draws; returns the command (for reruns)."""
+    args = ["--configs", "distracting_memory", "debug", backbone, "--memory.out", str(tmp_path / "data"),
+            "--memory.width", str(width), "--memory.episodes", "6", "--offline.test_episodes", "2",
+            "--offline.updates", "2", "--offline.probe_updates", "5", *extra]
     res = run_main(tmp_path, args)
     assert res.returncode == 0, res.stderr[-2000:]
-    cmd = [sys.executable, "-m", "memory.readback", "--logdir", str(tmp_path / "run"), "--draws", "2"]
+    cmd = [sys.executable, "-m", module, "--logdir", str(tmp_path / "run"), "--draws", "2"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    return cmd
+
+
+def test_readback_command_on_a_trained_tssm_cell(tmp_path):
+    cmd = _test_on_a_trained_cell(tmp_path, "tssm", 30, "memory.readback", "--tssm.mem_len", "48")
     out = json.loads((tmp_path / "run" / "eval" / "readback.json").read_text())
     assert out["updates"] == 2 and out["episodes"] == 2 and out["draws"] == 2
     for condition in ("open", "end", "end_placebo", "all"):
@@ -649,3 +667,101 @@ def test_readback_blocks_what_each_condition_names(monkeypatch):
     assert (end, cue, rb.placebo_keys(cue, end)) == (20, range(1, 6), range(10, 15))
     assert set(out["reward_acc_inference"]) == {"open", "end", "end_placebo", "all"}
     assert out["decision_weight"]["uniform_on_cue_frames"] == pytest.approx(5 / 24)  # window 0-23
+
+
+# ---- the cue-swap test (memory/cueswap.py) ----------------------------------------------------------
+def _dm_episodes(n: int, image_size: int = 16):
+    from envs import env_seed
+    from memory.collect import Spec, run_episode
+    spec = Spec("distracting_memory", 0, False, 6, 0, 0, 0, 0.0, image_size)
+    env = spec.build()
+    return env, [(env_seed(0, i), run_episode(env, spec, env_seed(0, i))) for i in range(n)]
+
+
+def test_swapped_episode_differs_only_where_the_cue_is_seen_and_pays_the_other_way():
+    from minigrid.core.constants import COLORS
+
+    from envs.gridmemory import COLOURS
+    from memory.cueswap import swap_pair
+    from memory.probe import cue_frames
+    env, episodes = _dm_episodes(4)
+    for seed, e in episodes:
+        s = swap_pair(env, seed, e)
+        c, t = cue_frames(e), metrics.decision_step(e["reward_step"])
+        changed = (s["image"] != e["image"]).any((1, 2, 3))  # (T,)
+        assert changed[0] and not changed[c:].any()  # the cue is in view from frame 0, gone at c
+        assert s["reward"][t] == 1 - e["reward"][t] and np.array_equal(np.delete(s["reward"], t), np.delete(e["reward"], t))
+        assert np.array_equal(s["action"], e["action"]) and np.array_equal(s["cell"], e["cell"])
+        # the swapped cue shows the other end square's colour: at 16 px the dimmed floor colour
+        other = next(i for i in env.unwrapped.end_colours() if i != e["cue"][0])
+        assert s["cue"][0] == other != e["cue"][0]
+        moved = (s["image"][0] != e["image"][0]).any(-1)  # (16, 16): the cue tile's pixels
+        for episode, colour in ((s, other), (e, e["cue"][0])):  # minigrid draws floors at half brightness
+            floor = (COLORS[COLOURS[colour]] / 2).astype(np.uint8)
+            assert (episode["image"][0][moved] == floor).all(-1).any()
+    seed, e = episodes[0]
+    tampered = {**e, "image": e["image"].copy()}
+    tampered["image"][5] ^= 1  # a dataset the env no longer reproduces
+    with pytest.raises(ValueError, match="does not reproduce"):
+        swap_pair(env, seed, tampered)
+
+
+class _Scripted:
+    """Stands in for memory.evaluate.predict_rewards: `rule(episode)` -> predicted reward at the
+    decision step, plus optional noise from the torch generator (as the sampled latents give)."""
+
+    def __init__(self, rule, noise=0.0):
+        self.rule, self.noise = rule, noise
+
+    def __call__(self, wm, e, *, chunk, device):
+        p = np.zeros(len(e["image"]), np.float32)
+        t = metrics.decision_step(e["reward_step"])
+        p[t] = self.rule(e) + self.noise * float(torch.randn(()))
+        return {"inference": p, "imagination": p}
+
+
+def test_cueswap_tells_a_cue_reader_from_a_model_that_ignores_the_cue(monkeypatch):
+    from memory import cueswap as cs
+    env, episodes = _dm_episodes(8)
+    originals = [e for _, e in episodes]
+    swapped = [cs.swap_pair(env, seed, e) for seed, e in episodes]
+    wm = type("WM", (), {"device": torch.device("cpu")})()
+
+    # a model that follows the cue: its prediction is the reward the episode pays (swapped: the other)
+    monkeypatch.setattr(cs, "predict_rewards", _Scripted(lambda e: float(e["reward"].max())))
+    r = cs.cueswap(wm, originals, swapped, draws=2)
+    for mode in cs.MODES:
+        assert r[mode]["accuracy"] == r[mode]["accuracy_swapped"] == r[mode]["right_on_both"] == 1.0
+        assert r[mode]["flipped"] == 1.0 and r[mode]["resampled_flipped"] == 0.0
+    # a model that knows which episodes of this test set pay, but not from the cue: right on the
+    # originals, blind to the swap, so never right on both
+    paid = {id(s): float(e["reward"].max()) for e, s in zip(originals, swapped)}
+    monkeypatch.setattr(cs, "predict_rewards", _Scripted(lambda e: paid.get(id(e), float(e["reward"].max()))))
+    r = cs.cueswap(wm, originals, swapped, draws=2)
+    assert r["inference"]["accuracy"] == 1.0 and r["inference"]["accuracy_swapped"] == 0.0
+    assert r["inference"]["flipped"] == r["inference"]["right_on_both"] == 0.0
+    # noise alone flips predictions between two draws; the pair shares its draw, so not between them
+    monkeypatch.setattr(cs, "predict_rewards", _Scripted(lambda e: 0.5, noise=1.0))
+    r = cs.cueswap(wm, originals, swapped, draws=3)
+    assert 0 < r["inference"]["resampled_flipped"] < 1 and r["inference"]["flipped"] == 0
+    assert len(r["per_draw"]["inference"]["flipped"]) == 3
+
+
+def test_cueswap_command_on_a_trained_cell(tmp_path):
+    cmd = _test_on_a_trained_cell(tmp_path, "s4wm", 6, "memory.cueswap")
+    out = json.loads((tmp_path / "run" / "eval" / "cueswap.json").read_text())
+    assert out["updates"] == 2 and out["episodes"] == 2 and out["draws"] == 2
+    for mode in ("inference", "imagination"):
+        for key, value in out[mode].items():
+            assert all(v * 2 == round(v * 2) for v in out["per_draw"][mode][key])  # fractions of 2
+            assert value == pytest.approx(np.mean(out["per_draw"][mode][key]))
+        assert out[mode]["right_on_both"] <= min(out[mode]["accuracy"], out[mode]["accuracy_swapped"])
+    # the dataset's test episodes no longer match the env: one line naming the problem
+    last = sorted((tmp_path / "data").glob("episode-*.npz"))[-1]
+    arrays = dict(np.load(last))
+    arrays["image"] = arrays["image"][:, ::-1].copy()
+    with open(last, "wb") as fh:
+        np.savez(fh, **arrays)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "does not reproduce" in res.stderr
