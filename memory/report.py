@@ -140,39 +140,49 @@ def perception_gate(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def _causal_rows(logdirs: dict[str, pathlib.Path], name: str, row) -> list[str]:
+    """One table row per cell that has eval/<name>: row(result dict) -> the row's cells after the
+    cell's name; a file without the keys a row needs stops with one line."""
+    rows = []
+    for cell, logdir in logdirs.items():
+        path = logdir / "eval" / name
+        if path.exists():
+            result = _read_json(path)
+            try:
+                rows.append(f"| {cell} | {result['updates']} | {result['draws']} | " + " | ".join(row(result)) + " |")
+            except (KeyError, TypeError) as e:
+                fail(f"{path} lacks {e} (written by an older version? rerun the test on the cell)")
+    return rows
+
+
 def causal_tests(logdirs: dict[str, pathlib.Path]) -> list[str]:
     """Distracting Memory: the causal tests run on the cells, where their files exist:
     memory.cueswap (eval/cueswap.json, any backbone) and memory.readback (eval/readback.json,
     TSSM-XL). [] when no cell has either."""
+    def swap(r):
+        return [" / ".join(f"{100 * r[m][key]:.1f}%" for m in ("inference", "imagination"))
+                for key in ("flipped", "right_on_both", "resampled_flipped", "accuracy_swapped")]
+
+    def read(r):
+        return [f"{100 * r['reward_acc_inference'][c]:.1f}%" for c in ("open", "end", "end_placebo", "all")]
+
     lines = []
-    swaps = {c: _read_json(d / "eval" / "cueswap.json") for c, d in logdirs.items()
-             if (d / "eval" / "cueswap.json").exists()}
+    swaps = _causal_rows(logdirs, "cueswap.json", swap)
     if swaps:
         lines += ["Does the prediction follow the cue? `memory.cueswap`: the test episodes replayed with the cue "
                   "painted in the other end square's colour; flipped = the thresholded prediction changes, "
                   "right on both = right on the episode and on its swapped copy (impossible without "
-                  "using the cue), resampled = flips between two draws of the latents (the noise floor); "
-                  "inference / imagination, mean over draws.", "",
+                  "using the cue), resampled = flips between two independent draws of the latents (the "
+                  "noise floor); inference / imagination, mean over draws.", "",
                   "| cell | updates | draws | flipped | right on both | resampled | accuracy (swapped) |",
-                  "|---|---|---|---|---|---|---|"]
-        for cell, r in swaps.items():
-            def both(key):
-                return " / ".join(f"{100 * r[m][key]:.1f}%" for m in ("inference", "imagination"))
-            lines.append(f"| {cell} | {r['updates']} | {r['draws']} | {both('flipped')} | "
-                         f"{both('right_on_both')} | {both('resampled_flipped')} | {both('accuracy_swapped')} |")
-        lines.append("")
-    reads = {c: _read_json(d / "eval" / "readback.json") for c, d in logdirs.items()
-             if (d / "eval" / "readback.json").exists()}
+                  "|---|---|---|---|---|---|---|", *swaps, ""]
+    reads = _causal_rows(logdirs, "readback.json", read)
     if reads:
         lines += ["Where TSSM-XL keeps the cue, `memory.readback`: reward accuracy in inference with the cue "
                   "frames blocked from the hallway end's queries, with as many other keys blocked "
                   "(placebo), and from every later query (the no-cue control).", "",
-                  "| cell | updates | draws | open | end | placebo | control |", "|---|---|---|---|---|---|---|"]
-        for cell, r in reads.items():
-            acc = r["reward_acc_inference"]
-            lines.append(f"| {cell} | {r['updates']} | {r['draws']} | " + " | ".join(
-                f"{100 * acc[c]:.1f}%" for c in ("open", "end", "end_placebo", "all")) + " |")
-        lines.append("")
+                  "| cell | updates | draws | open | end | placebo | control |", "|---|---|---|---|---|---|---|",
+                  *reads, ""]
     return lines
 
 
@@ -417,9 +427,11 @@ def video_lines(out: pathlib.Path, truth, predictions: dict[str, dict | None], f
     why = "(eval/prediction.npz is not committed; rerun the cells to draw it)"
     if not kept:
         if (out / "imagination.png").exists():  # drawn when the cells were trained: kept as it is
-            return ["Imagination of test episode 0 (columns: truth, then each backbone's first seed; bottom "
-                    "row |error|): imagination.mp4, as drawn by the run that trained the cells (not redrawn "
-                    "here: eval/prediction.npz is not committed)", "", "![imagination](imagination.png)"]
+            video = " and imagination.mp4" if (out / "imagination.mp4").exists() else ""
+            return ["Imagination of test episode 0 (columns: truth, then each backbone's first seed at its last "
+                    f"evaluation when the cells were trained; bottom row |error|): imagination.png{video}, as "
+                    "drawn then (not redrawn here: eval/prediction.npz is not committed)", "",
+                    "![imagination](imagination.png)"]
         return [f"No imagination video: no backbone's first seed keeps its prediction {why}."]
     from common.logger import write_mp4
     from PIL import Image
@@ -511,9 +523,11 @@ def main(argv=None) -> None:
     lines += [*[f"![{p}]({p})" for p in plots], "", *video]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     trained_with = {"configs": args.configs, "extra": extra}
-    if args.report_only and (out / "report.json").exists():  # how the cells were trained: as recorded
+    if args.report_only and (out / "report.json").exists():  # how the same cells were trained, as recorded
         before = _read_json(out / "report.json")
-        trained_with = {k: before.get(k, v) for k, v in trained_with.items()}
+        cells_before = {b: [str(r.get("seed")) for r in rs] for b, rs in before.get("results", {}).items()}
+        if cells_before == {b: list(seeds) for b, seeds in cells.items()}:
+            trained_with = {k: before.get(k, v) for k, v in trained_with.items()}
     (out / "report.json").write_text(json.dumps(
         {"dataset": name, **trained_with, "walls": walls,
          "results": results,

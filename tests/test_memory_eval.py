@@ -216,7 +216,9 @@ def test_report_writes_table_plots_and_video(tmp_path):
     text = (out / "report.md").read_text()
     assert "running:" not in res.stdout and "wall time (this call)" not in text  # nothing trained
     assert "--report-only" in text and "123.0000" in text
-    assert "as drawn by the run that trained the cells" in text  # the committed still is kept
+    assert "imagination.png and imagination.mp4, as drawn then" in text  # the still drawn before is kept
+    recorded = json.loads((out / "report.json").read_text())
+    assert recorded["configs"] == ["multi_doors_keys", "debug"] and "--offline.updates" in recorded["extra"]
     assert "memory.cueswap" not in text and "memory.readback" not in text  # no causal test was run
     (out / "imagination.png").unlink()
     swap = {m: {"flipped": 0.25, "right_on_both": 0.125, "resampled_flipped": 0.0625, "accuracy": 0.5,
@@ -231,6 +233,10 @@ def test_report_writes_table_plots_and_video(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     text = (out / "report.md").read_text()
     assert "Scores at 1 updates" in text and "| rssm | 1 | 1 |" in text and "123.0000" not in text
+    one = [sys.executable, "-m", "memory.report", "--backbones", "rssm", "--out", str(out), "--report-only"]
+    res = subprocess.run(one, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]  # other cells than those trained: no training record
+    assert json.loads((out / "report.json").read_text())["configs"] == []
     for bad, words in ((["--at", "7"], ["no evaluation at 7 updates", "rssm_seed0 (evaluated at: 1)"]),
                        (["--seeds", "5"], ["rssm_seed5 (no folder"]),
                        (["--offline.updates", "9"], ["would have no effect"])):
@@ -706,6 +712,60 @@ def test_swapped_episode_differs_only_where_the_cue_is_seen_and_pays_the_other_w
         swap_pair(env, seed, tampered)
 
 
+
+def test_swap_pair_refuses_a_swap_that_changes_more_than_the_cue(monkeypatch):
+    from envs import gridmemory
+    from memory.cueswap import swap_pair
+    env, episodes = _dm_episodes(1)
+    seed, e = episodes[0]
+    paint = gridmemory.DistractingMemory.paint_cue
+
+    def and_a_hallway_square(self, cue):  # also repaints a square seen only after the cue frames
+        paint(self, cue)
+        self.grid.set(self.junction - 1, 2, gridmemory.Floor(gridmemory.COLOURS[cue]))
+
+    monkeypatch.setattr(gridmemory.DistractingMemory, "paint_cue", and_a_hallway_square)
+    with pytest.raises(ValueError, match="not only the cue frames"):
+        swap_pair(env, seed, e)
+
+    def pixels_only(self, cue):  # the tile changes but the env's cue, hence the reward, does not
+        self.grid.set(*gridmemory.CUE, gridmemory.Floor(gridmemory.COLOURS[cue]))
+
+    monkeypatch.setattr(gridmemory.DistractingMemory, "paint_cue", pixels_only)
+    with pytest.raises(ValueError, match="did not flip the reward"):
+        swap_pair(env, seed, e)
+
+
+@pytest.mark.parametrize("backbone", ["s4wm", "rssm", "tssm"])
+def test_original_and_swapped_pass_share_their_latent_draws(backbone):
+    """memory.cueswap seeds the original and the swapped pass alike: a real model then draws the
+    same random numbers for both (the generator ends in the same state), while another seed draws
+    other latents (the predictions move), so 'flipped' counts the cue's doing, not sampling noise."""
+    from memory import cueswap as cs
+    from memory.evaluate import predict_rewards
+    config = merge(load_blocks(), ["debug", backbone], {"env.image_size": 16})
+    torch.manual_seed(0)
+    wm = build_world_model(config, 3).eval()
+    env, episodes = _dm_episodes(3)
+    originals = [e for _, e in episodes]
+    swapped = [cs.swap_pair(env, seed, e) for seed, e in episodes]
+
+    def passes(eps, seed):
+        torch.manual_seed(seed)
+        out = [predict_rewards(wm, e, chunk=512, device=wm.device) for e in eps]
+        return [o["imag"] for o in out], torch.get_rng_state()  # imagined frames: from sampled latents
+
+    a, state_a = passes(originals, 0)
+    b, state_b = passes(swapped, 0)
+    again, _ = passes(originals, 0)
+    other, _ = passes(originals, 1)
+    assert torch.equal(state_a, state_b)  # the same random numbers, used in the same order
+    assert all(np.array_equal(x, y) for x, y in zip(a, again))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, other))  # the latents are sampled
+    r = cs.cueswap(wm, originals, originals, draws=2)  # no swap at all: nothing flips
+    assert r["inference"]["flipped"] == r["imagination"]["flipped"] == 0
+
+
 class _Scripted:
     """Stands in for memory.evaluate.predict_rewards: `rule(episode)` -> predicted reward at the
     decision step, plus optional noise from the torch generator (as the sampled latents give)."""
@@ -756,6 +816,8 @@ def test_cueswap_command_on_a_trained_cell(tmp_path):
             assert all(v * 2 == round(v * 2) for v in out["per_draw"][mode][key])  # fractions of 2
             assert value == pytest.approx(np.mean(out["per_draw"][mode][key]))
         assert out[mode]["right_on_both"] <= min(out[mode]["accuracy"], out[mode]["accuracy_swapped"])
+    res = subprocess.run([*cmd[:-1], "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip() == "error: --draws must be >= 1, got 0", res.stderr
     # the dataset's test episodes no longer match the env: one line naming the problem
     last = sorted((tmp_path / "data").glob("episode-*.npz"))[-1]
     arrays = dict(np.load(last))
