@@ -39,9 +39,9 @@ from common.cli import fail
 from envs import env_seed
 from memory import metrics
 from memory.collect import Spec
+from memory.cell import cell_arguments, load_cell
 from memory.evaluate import predict_rewards
 from memory.probe import cue_frames
-from memory.cell import cell_arguments, load_cell
 
 MODES = ("inference", "imagination")
 
@@ -65,8 +65,8 @@ def replay(env, seed: int, actions: np.ndarray, cue: int | None = None) -> tuple
 
 def swap_pair(env, seed: int, episode: dict) -> dict:
     """The swapped copy of a recorded episode (module docstring): its arrays with the images, the
-    rewards and the cue colour replaced. Raises ValueError when the replay does not reproduce the recording, or the
-    swap changes anything but the cue frames and the reward."""
+    rewards and the cue colour replaced. Raises ValueError when the replay does not reproduce the
+    recording, or the swap changes anything but the cue frames and the reward."""
     images, rewards = replay(env, seed, episode["action"])
     if not (np.array_equal(images, episode["image"]) and np.array_equal(rewards, episode["reward"])):
         raise ValueError("the env does not reproduce the recorded episode (a dataset made by another "
@@ -91,7 +91,8 @@ def decisions(wm, episodes: list[dict], seed: int, chunk: int) -> dict[str, np.n
     torch.manual_seed(seed)
     out = {m: [] for m in MODES}
     for e in episodes:
-        pred, t = predict_rewards(wm, e, chunk=chunk, device=wm.device), metrics.decision_step(e["reward_step"])
+        pred = predict_rewards(wm, e, chunk=chunk, device=wm.device, images=False)  # rewards only
+        t = metrics.decision_step(e["reward_step"])
         for m in MODES:
             out[m].append(float(pred[m][t]) > 0.5)
     return {m: np.array(v) for m, v in out.items()}

@@ -43,17 +43,20 @@ def decode(wm, feat: torch.Tensor, chunk: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def rollout(wm, episodes: list[dict], context: int, query_observe: int, chunk: int, device):
+def rollout(wm, episodes: list[dict], context: int, query_observe: int, chunk: int, device,
+            images: bool = True):
     """Observe the first context + query_observe frames of equally long episodes, imagine the rest.
     Returns (recon uint8 (B, context + query_observe, ...) of the observed frames, imagined feats
-    (B, Q', F), imagined uint8 (B, Q', ...)) with Q' = T - context - query_observe."""
+    (B, Q', F), imagined uint8 (B, Q', ...)) with Q' = T - context - query_observe; images=False:
+    the feats alone, (None, feats, None) (nothing decoded; the same random numbers drawn)."""
     data = to_torch({k: np.stack([e[k] for e in episodes]) for k in MODEL_KEYS}, device)
     B, T = data["is_first"].shape
     seen = context + query_observe
     feat, state = observe(wm, {k: v[:, :seen] for k, v in data.items()}, wm.initial_state(B), chunk)
-    recon = decode(wm, feat, chunk)
     imag = wm.imagine(state, data["action"][:, seen:], T - seen)["feat"][:, 1:]  # (B, Q', F)
-    return recon, imag, decode(wm, imag, chunk)
+    if not images:
+        return None, imag, None
+    return decode(wm, feat, chunk), imag, decode(wm, imag, chunk)  # the decoder draws nothing
 
 
 def _context_length(episode: dict) -> int:
@@ -91,22 +94,23 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
 
 
 @torch.no_grad()
-def predict_rewards(wm, episode: dict, *, chunk: int, device) -> dict:
+def predict_rewards(wm, episode: dict, *, chunk: int, device, images: bool = True) -> dict:
     """Distracting Memory, one episode: the predicted reward of every frame (T,) in 'inference' (the
     whole episode observed) and in 'imagination' (the context observed, the rest imagined: the
     context's frames get 0), with the reconstructed context 'recon' and the imagined frames 'imag'
-    (uint8). The latents are sampled: the global torch generator draws them."""
+    (uint8; None with images=False: nothing decoded). The latents are sampled: the global torch
+    generator draws them, the same numbers with or without images."""
     data = to_torch({k: episode[k][None] for k in MODEL_KEYS}, device)  # (1, T, ...)
     T, t = len(episode["image"]), metrics.decision_step(episode["reward_step"])
     feat, _ = observe(wm, data, wm.initial_state(1), chunk)
     context = _context_length(episode)
     if not 0 < context <= t:
         raise ValueError(f"decision step {t} is not after the context ({context} frames)")
-    recon, imag_feat, imag = rollout(wm, [episode], context, 0, chunk, device)
+    recon, imag_feat, imag = rollout(wm, [episode], context, 0, chunk, device, images)
     imagined = np.zeros(T, np.float32)  # posterior frames, then the prior's
     imagined[context:] = wm.reward(imag_feat)[0].cpu().numpy()
     return {"inference": wm.reward(feat)[0].cpu().numpy(), "imagination": imagined,
-            "recon": recon[0], "imag": imag[0]}
+            "recon": recon[0] if images else None, "imag": imag[0] if images else None}
 
 
 def evaluate_rewards(wm, episodes: list[dict], *, chunk: int, device) -> tuple[dict, dict, np.ndarray]:

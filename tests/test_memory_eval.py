@@ -773,7 +773,7 @@ class _Scripted:
     def __init__(self, rule, noise=0.0):
         self.rule, self.noise = rule, noise
 
-    def __call__(self, wm, e, *, chunk, device):
+    def __call__(self, wm, e, *, chunk, device, images=True):
         p = np.zeros(len(e["image"]), np.float32)
         t = metrics.decision_step(e["reward_step"])
         p[t] = self.rule(e) + self.noise * float(torch.randn(()))
