@@ -102,6 +102,7 @@ def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathl
         logdir.mkdir(parents=True, exist_ok=True)
         if not write:
             return logdir
+        lock_logdir(logdir)  # before anything is removed or written: another run may own them
         remove_stale_tmp(logdir)
         tmp = saved.with_name("config.yaml.tmp")
         try:
@@ -113,6 +114,39 @@ def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathl
     except OSError as e:
         fail(storage_failure(e) or f"logdir {logdir}: {e}")
     return logdir
+
+
+_HELD: dict[pathlib.Path, object] = {}  # the lock files this process holds, open until it exits
+
+
+def lock_logdir(logdir: pathlib.Path) -> None:
+    """Hold an exclusive lock on <logdir>/.lock for the rest of this process, so that a second run
+    given the same folder stops with one line instead of deleting the first one's temporary files
+    and interleaving its checkpoints and logs. The OS releases the lock when the process ends, however
+    it ends, so a killed run leaves nothing to clean up."""
+    import fcntl
+    key = logdir.resolve()
+    if key in _HELD:  # this process already owns it (a resume in the same process)
+        return
+    handle = open(logdir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        fail(f"logdir {logdir} is in use by another run (pid {owner}): wait for it to end, stop it, "
+             "or give another --logdir")
+    except OSError as e:  # a file system without locks (some network mounts): run unguarded
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            raise
+        print(f"warning: {logdir} cannot be locked ({e.strerror}): make sure no other run uses it",
+              file=sys.stderr)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = handle
 
 
 def remove_stale_tmp(folder) -> list[pathlib.Path]:

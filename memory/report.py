@@ -5,7 +5,10 @@ write one report folder with a markdown table, plots and side-by-side imaginatio
         --seeds 0 --out reports/memory/distracting_memory [--key value ...]
 
 Each cell is an ordinary `main.py` offline run in <out>/<backbone>_seed<seed> (extra --key value
-arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones).
+arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones);
+--jobs N trains N cells at once (two one-thread runs use a 2-core machine). A Distracting Memory
+cell then gets its causal tests, memory.cueswap (and memory.readback on tssm), while its checkpoint
+is there (--no-causal: not).
 --report-only trains nothing and writes the report from the cells' saved evaluations (the committed
 result files are enough: without eval/prediction.npz there is no video); --at N takes the table from
 every cell's evaluation at N updates (eval/metrics_<N>.json), e.g. while cells have unequal budgets.
@@ -27,11 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 import time
 
 import numpy as np
 
-from common.cli import fail, run_main
+from common.cli import fail
 from memory.train import evaluated_at, evaluation_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -51,11 +55,91 @@ PROGRESS = {"reward_acc_inference": (0.5, "coin flip"), "reward_acc_imagination"
             "cue_acc_hallway_end": "colours", "gen_mse": None, "recon_mse": None}
 
 
-def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str]) -> float:
+def run_python(args: list[str], log: pathlib.Path | None = None) -> tuple[int, float]:
+    """`python *args` in the repository root, its output to this terminal or appended to `log`:
+    (exit status, seconds)."""
+    import subprocess
+    cmd = [sys.executable, *args]
     start = time.time()
-    run_main(["--configs", *configs, backbone, "--seed", seed, "--logdir", str(logdir),
-              "--run.progress", "false", *extra], f"{backbone} seed {seed}", ROOT)
-    return time.time() - start
+    if log is None:
+        print("running:", " ".join(cmd), flush=True)
+        code = subprocess.run(cmd, cwd=ROOT).returncode
+    else:
+        with open(log, "a") as out:
+            out.write(f"running: {' '.join(cmd)}\n")
+            out.flush()
+            code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+    return code, time.time() - start
+
+
+def causal_commands(logdir: pathlib.Path) -> list[list[str]]:
+    """The causal tests a trained Distracting Memory cell lacks, or has from an earlier checkpoint
+    than its last evaluation: memory.cueswap (any backbone) and memory.readback (tssm). They need
+    the checkpoint, which is not committed, so they run right after the cell's training."""
+    from common.config import ConfigError, read_saved
+    try:
+        saved = read_saved(logdir / "config.yaml")
+    except ConfigError as e:
+        fail(str(e))
+    last = evaluation_file(logdir)
+    if saved.get("memory.env") != "distracting_memory" or not last.exists():
+        return []
+    updates = _read_json(last).get("updates")
+    tests = ["cueswap"] + (["readback"] if saved.get("backbone") == "tssm" else [])
+    stale = [t for t in tests if not (logdir / "eval" / f"{t}.json").exists()
+             or _read_json(logdir / "eval" / f"{t}.json").get("updates") != updates]
+    return [["-m", f"memory.{t}", "--logdir", str(logdir)] for t in stale]
+
+
+def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str],
+             causal: bool, log: pathlib.Path | None = None) -> tuple[float, str | None]:
+    """Train (or resume) one cell, then its missing causal tests (`causal`): (training seconds,
+    None, or why it failed)."""
+    what = f"{backbone} seed {seed}"
+    code, seconds = run_python(["main.py", "--configs", *configs, backbone, "--seed", seed, "--logdir",
+                                str(logdir), "--run.progress", "false", *extra], log)
+    if code:
+        return seconds, f"the {what} run failed (exit {code})"
+    for args in causal_commands(logdir) if causal else []:
+        code, _ = run_python(args, log)
+        if code:
+            return seconds, f"{args[1]} on {what} failed (exit {code})"
+    return seconds, None
+
+
+def train_cells(configs, cells: dict[str, dict[str, pathlib.Path]], extra: list[str], jobs: int,
+                causal: bool) -> dict[str, float]:
+    """Train every cell, `jobs` at a time (jobs > 1: the dataset is made first, and each cell's
+    output goes to <cell>/train.log); {cell: training seconds}. A failed cell does not stop the
+    others; then one line names every failure."""
+    from concurrent.futures import ThreadPoolExecutor
+    todo = [(b, seed, logdir) for b, seeds in cells.items() for seed, logdir in seeds.items()]
+    if jobs > 1:  # one process makes the dataset: cells started together would each write it
+        code, _ = run_python(["-m", "memory.collect", "--configs", *configs, todo[0][0], *extra])
+        if code:
+            fail(f"making the dataset failed (exit {code}); its message is above")
+
+    def one(cell):
+        b, seed, logdir = cell
+        log = None
+        if jobs > 1:
+            logdir.mkdir(parents=True, exist_ok=True)
+            log = logdir / "train.log"
+            print(f"{b} seed {seed}: started, output in {log}\n", end="", flush=True)  # one write: threads
+        seconds, error = run_cell(configs, b, seed, logdir, extra, causal, log)
+        if jobs > 1:
+            print(f"{b} seed {seed}: {'done' if error is None else 'FAILED'} after {seconds / 60:.1f} min\n",
+                  end="", flush=True)
+        if error:
+            error += f" (its output: {log})" if log else "; its message is above"
+        return f"{b}_seed{seed}", seconds, error
+
+    with ThreadPoolExecutor(jobs) as pool:
+        done = list(pool.map(one, todo))
+    errors = [error for _, _, error in done if error]
+    if errors:
+        fail("; ".join(errors))
+    return {c: seconds for c, seconds, _ in done}
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -458,7 +542,15 @@ def main(argv=None) -> None:
     p.add_argument("--at", type=int, default=None,
                    help="the table from every cell's evaluation at this many updates "
                         "(eval/metrics_<at>.json), e.g. a budget all cells reached")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="cells trained at once, each its own process with its output in "
+                        "<cell>/train.log (on a CPU give each run threads 1, as the CPU blocks do)")
+    p.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
+                   help="Distracting Memory: after each cell's training run memory.cueswap (and "
+                        "memory.readback on tssm) where its result is missing or older than the cell")
     args, extra = p.parse_known_args(argv)
+    if args.jobs < 1:
+        fail(f"--jobs must be >= 1, got {args.jobs}")
     out = pathlib.Path(args.out)
     if args.report_only and extra:
         fail(f"--report-only trains nothing, so {' '.join(extra)} would have no effect (its "
@@ -471,9 +563,11 @@ def main(argv=None) -> None:
     walls = {}
     if not args.report_only:
         out.mkdir(parents=True, exist_ok=True)
-        for b, seeds in cells.items():
-            for seed, logdir in seeds.items():
-                walls[f"{b}_seed{seed}"] = run_cell(args.configs, b, seed, logdir, extra)
+        try:
+            walls = train_cells(args.configs, cells, extra, args.jobs, args.causal)
+        except KeyboardInterrupt:  # each run saved a checkpoint on the same Ctrl-C
+            print("interrupted: rerun the same command to resume the unfinished cells", file=sys.stderr)
+            raise SystemExit(130) from None
     missing = missing_evaluations(logdirs, args.at)
     if missing:
         fail(f"no evaluation {'at the end' if args.at is None else f'at {args.at} updates'} in "

@@ -807,6 +807,34 @@ def test_cueswap_tells_a_cue_reader_from_a_model_that_ignores_the_cue(monkeypatc
     assert len(r["per_draw"]["inference"]["flipped"]) == 3
 
 
+def test_report_trains_cells_at_once_and_runs_their_causal_tests(tmp_path):
+    """memory.report --jobs 2: the dataset is made once, both cells train at the same time (their
+    output in <cell>/train.log), each gets memory.cueswap and the tssm cell memory.readback, and the
+    report shows both tables; a rerun finds the tests up to date and runs none again."""
+    out = tmp_path / "report"
+    cmd = [sys.executable, "-m", "memory.report", "--configs", "distracting_memory", "debug",
+           "--backbones", "rssm,tssm", "--jobs", "2", "--out", str(out), "--memory.out",
+           str(tmp_path / "data"), "--memory.width", "30", "--memory.episodes", "6",
+           "--offline.test_episodes", "2", "--offline.updates", "2", "--offline.probe_updates", "5"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("memory.collect") == 1 and "rssm seed 0: done" in res.stdout
+    for cell in ("rssm_seed0", "tssm_seed0"):
+        log = (out / cell / "train.log").read_text()
+        assert "main.py" in log and log.count("memory.cueswap") == 1
+        assert json.loads((out / cell / "eval" / "cueswap.json").read_text())["updates"] == 2
+    assert (out / "tssm_seed0" / "eval" / "readback.json").exists()
+    assert not (out / "rssm_seed0" / "eval" / "readback.json").exists()  # a test of TSSM-XL only
+    text = (out / "report.md").read_text()
+    assert "| rssm_seed0 | 2 | 5 |" in text and "| tssm_seed0 | 2 | 5 | 50.0% |" in text
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    log = (out / "tssm_seed0" / "train.log").read_text()
+    assert log.count("main.py") == 2 and log.count("memory.cueswap") == 1 and log.count("memory.readback") == 1
+    res = subprocess.run([*cmd, "--jobs", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip() == "error: --jobs must be >= 1, got 0", res.stderr
+
+
 def test_cueswap_command_on_a_trained_cell(tmp_path):
     cmd = _test_on_a_trained_cell(tmp_path, "s4wm", 6, "memory.cueswap")
     out = json.loads((tmp_path / "run" / "eval" / "cueswap.json").read_text())

@@ -222,6 +222,34 @@ def test_stale_temporary_files_are_removed_at_start(logdir):
     assert not any(p.exists() for p in stale) and digest(path / "replay") == kept
 
 
+def test_a_logdir_in_use_by_another_run_is_left_alone(logdir, capsys):
+    """A second run on a live run's folder stops with one line before it deletes the live run's
+    half-written files; once the owner is gone (killed: the OS drops its lock) the folder resumes."""
+    config, path = logdir
+    live = path / "checkpoint.pt.tmp"
+    live.write_bytes(b"being written")
+    from common import cli
+    for handle in cli._HELD.values():  # the fixture's run (this process) has ended
+        handle.close()
+    cli._HELD.clear()
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import pathlib, sys, time; from common.cli import lock_logdir; "
+         f"lock_logdir(pathlib.Path({str(path)!r}).parent / {path.name!r}); print('held', flush=True); "
+         "time.sleep(60)"], cwd=pathlib.Path(main.__file__).parent, stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as e:
+            prepare_logdir(config)
+        assert e.value.code == 2
+        one_line(capsys, f"in use by another run (pid {owner.pid})")
+        assert live.read_bytes() == b"being written"
+    finally:
+        owner.kill()
+        owner.wait()
+    prepare_logdir(config)  # the lock died with its process
+    assert not live.exists()  # now a stale file of a dead run, removed
+
+
 FIELDS = main.FIELDS
 
 
