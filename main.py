@@ -125,6 +125,7 @@ class OnlineRun:
         self.B, self.T = parallel.batch_size(config), config.train.seq_len
         self.check(device)  # before building or writing anything
         self.logdir = prepare_logdir(config, write=self.main)
+        parallel.all_true(True)  # every rank waits for rank 0's lock on the logdir: none touches it first
         checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
         ckpt = load_checkpoint(self.logdir, FIELDS)
         self.step = int(ckpt["step"]) if ckpt is not None else 0

@@ -3,6 +3,8 @@ memory/cueswap.py, and their shared command line."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import pathlib
 
 import torch
@@ -54,3 +56,19 @@ def load_cell(logdir: pathlib.Path, backbone: str | None = None):
     trainer = Trainer(config, test[0]["action"].shape[-1], torch.device("cpu"))
     restore(logdir, lambda: trainer.restore(ckpt["trainer"]))
     return config, trainer.wm.eval(), test, int(ckpt["updates"])
+
+
+def write_result(path: pathlib.Path, result: dict) -> None:
+    """Write a test's JSON result whole or not at all (a killed write leaves the old file)."""
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+
+
+def command(main) -> None:
+    """Run a test's main(): Ctrl-C ends it with status 130 and no traceback (nothing is half-written)."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

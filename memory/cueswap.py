@@ -30,7 +30,6 @@ resampled pass. Prints a table and writes <logdir>/eval/cueswap.json.
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import torch
@@ -39,7 +38,7 @@ from common.cli import fail
 from envs import env_seed
 from memory import metrics
 from memory.collect import Spec
-from memory.cell import cell_arguments, load_cell
+from memory.cell import cell_arguments, command, load_cell, write_result
 from memory.evaluate import predict_rewards
 from memory.probe import cue_frames
 
@@ -132,8 +131,7 @@ def main(argv=None) -> None:
         swapped = [swap_pair(env, env_seed(m.seed, first + i), e) for i, e in enumerate(test)]
         result = {"updates": updates, **cueswap(wm, test, swapped, draws=args.draws, seed=args.seed,
                                                     chunk=config.train.seq_len)}
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        write_result(out, result)
     except (ValueError, OSError) as e:
         fail(f"{args.logdir}: {e}")
     finally:
@@ -150,4 +148,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -32,14 +32,13 @@ test episodes are scored). Prints a table and writes <logdir>/eval/readback.json
 from __future__ import annotations
 
 import contextlib
-import json
 
 import numpy as np
 import torch
 
 from common.cli import fail
 from memory import metrics
-from memory.cell import cell_arguments, load_cell
+from memory.cell import cell_arguments, command, load_cell, write_result
 from memory.episodes import MODEL_KEYS, observe
 from memory.probe import cue_frames, hallway_end
 from replay import to_torch
@@ -173,8 +172,7 @@ def main(argv=None) -> None:
     out = args.logdir / "eval" / "readback.json"
     try:
         result = {"updates": updates, **readback(wm, test, draws=args.draws, seed=args.seed)}
-        out.parent.mkdir(exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        write_result(out, result)
     except (ValueError, OSError) as e:
         fail(f"{args.logdir}: {e}")
     acc, w = result["reward_acc_inference"], result["decision_weight"]
@@ -190,4 +188,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

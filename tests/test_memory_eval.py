@@ -819,6 +819,9 @@ def test_report_trains_cells_at_once_and_runs_their_causal_tests(tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.count("memory.collect") == 1 and "rssm seed 0: done" in res.stdout
+    lines = res.stdout.splitlines()
+    started = [i for i, ln in enumerate(lines) if ln.endswith("train.log") and ": started" in ln]
+    assert len(started) == 2 and max(started) < min(i for i, ln in enumerate(lines) if ": done" in ln)
     for cell in ("rssm_seed0", "tssm_seed0"):
         log = (out / cell / "train.log").read_text()
         assert "main.py" in log and log.count("memory.cueswap") == 1
@@ -833,6 +836,30 @@ def test_report_trains_cells_at_once_and_runs_their_causal_tests(tmp_path):
     assert log.count("main.py") == 2 and log.count("memory.cueswap") == 1 and log.count("memory.readback") == 1
     res = subprocess.run([*cmd, "--jobs", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and res.stderr.strip() == "error: --jobs must be >= 1, got 0", res.stderr
+
+
+@pytest.mark.parametrize("backbone", ["rssm", "tssm"])
+def test_report_reruns_a_causal_test_only_when_missing_older_or_unreadable(tmp_path, backbone):
+    from memory.report import causal_commands
+    cell = tmp_path / "cell"
+    (cell / "eval").mkdir(parents=True)
+    (cell / "config.yaml").write_text(merge(load_blocks(), ["distracting_memory", "debug", backbone]).dump())
+    (cell / "eval" / "metrics.json").write_text(json.dumps({"updates": 4}))
+    tests = ["cueswap"] + (["readback"] if backbone == "tssm" else [])
+
+    def stale():
+        return [args[1] for args in causal_commands(cell)]
+    assert stale() == [f"memory.{t}" for t in tests]  # missing
+    for t in tests:
+        (cell / "eval" / f"{t}.json").write_text(json.dumps({"updates": 2}))
+    assert stale() == [f"memory.{t}" for t in tests]  # from an earlier checkpoint
+    for t in tests:
+        (cell / "eval" / f"{t}.json").write_text(json.dumps({"updates": 4}))
+    assert stale() == []
+    (cell / "eval" / "cueswap.json").write_text('{"upd')  # a write cut short
+    assert stale() == ["memory.cueswap"]
+    (cell / "config.yaml").write_text(merge(load_blocks(), ["multi_doors_keys", "debug", backbone]).dump())
+    assert stale() == []  # the tests are for Distracting Memory
 
 
 def test_cueswap_command_on_a_trained_cell(tmp_path):
