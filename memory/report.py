@@ -8,7 +8,7 @@ Each cell is an ordinary `main.py` offline run in <out>/<backbone>_seed<seed> (e
 arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones);
 --jobs N trains N cells at once (two one-thread runs use a 2-core machine). A Distracting Memory
 cell then gets its causal tests, memory.cueswap (and memory.readback on tssm), while its checkpoint
-is there (--no-causal: not).
+is there (--no-causal: not). The training is memory/runner.py's; this module writes the report.
 --report-only trains nothing and writes the report from the cells' saved evaluations (the committed
 result files are enough: without eval/prediction.npz there is no video); --at N takes the table from
 every cell's evaluation at N updates (eval/metrics_<N>.json), e.g. while cells have unequal budgets.
@@ -30,15 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
 
 from common.cli import fail
+from memory.runner import train_cells
 from memory.train import evaluated_at, evaluation_file
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
 PERCEPTION_GATE = 0.95  # cue_acc_start needed before a Distracting Memory memory score counts
 CURVES = {  # metric -> (y label, x label, index of the first value: imagination steps count from 1)
     "mse": ("MSE per pixel (lower is better)", "imagination step", 1),
@@ -53,147 +52,6 @@ CURVES = {  # metric -> (y label, x label, index of the first value: imagination
 # the constant predictor's score, which is the test set's share of one outcome (docs/memory.md). Whether a memory score is still rising is what says if a budget was enough.
 PROGRESS = {"reward_acc_inference": (0.5, "coin flip"), "reward_acc_imagination": (0.5, "coin flip"),
             "cue_acc_hallway_end": "colours", "gen_mse": None, "recon_mse": None}
-
-
-def run_python(args: list[str], log: pathlib.Path | None = None) -> tuple[int, float]:
-    """`python *args` in the repository root, its output to this terminal or appended to `log`:
-    (exit status, seconds)."""
-    import subprocess
-    cmd = [sys.executable, *args]
-    start = time.time()
-    if log is None:
-        print("running:", " ".join(cmd), flush=True)
-        code = subprocess.run(cmd, cwd=ROOT).returncode
-    else:
-        with open(log, "a") as out:
-            out.write(f"running: {' '.join(cmd)}\n")
-            out.flush()
-            code = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
-    return code, time.time() - start
-
-
-def for_main(logdir: pathlib.Path) -> str:
-    """The --logdir to give main.py, which runs in the repository root: relative to it where the
-    folder lies inside it (the cell's config.yaml then names it as the committed files do)."""
-    path = logdir.resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
-def causal_commands(logdir: pathlib.Path) -> list[list[str]]:
-    """The causal tests a trained Distracting Memory cell lacks, or has from fewer updates than its
-    last evaluation: memory.cueswap (any backbone) and memory.readback (tssm). They need the
-    checkpoint, which is not committed, so they run right after the cell's training. A file that
-    cannot be read counts as missing (the test writes it anew)."""
-    def read(path):
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return result if isinstance(result, dict) else {}
-
-    saved = read_saved_or_none(logdir / "config.yaml")
-    updates = read(evaluation_file(logdir)).get("updates")
-    if saved is None or saved.get("memory.env") != "distracting_memory" or not isinstance(updates, int):
-        return []
-    tests = ["cueswap"] + (["readback"] if saved.get("backbone") == "tssm" else [])
-    stale = [t for t in tests if not isinstance(done := read(logdir / "eval" / f"{t}.json").get("updates"), int)
-             or done < updates]
-    return [["-m", f"memory.{t}", "--logdir", str(logdir)] for t in stale]
-
-
-def read_saved_or_none(path: pathlib.Path) -> dict | None:
-    from common.config import ConfigError, read_saved
-    try:
-        return read_saved(path)
-    except ConfigError:  # main.py, which just ran on it, would have said so
-        return None
-
-
-def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str],
-             causal: bool, log: pathlib.Path | None = None) -> tuple[float, int, str | None]:
-    """Train (or resume) one cell, then its missing causal tests (`causal`): (training seconds,
-    the training's exit status, None or why the cell failed)."""
-    what = f"{backbone} seed {seed}"
-    code, seconds = run_python(["main.py", "--configs", *configs, backbone, "--seed", seed, "--logdir",
-                                for_main(logdir), "--run.progress", "false", *extra], log)
-    if code:
-        return seconds, code, f"the {what} run failed (exit {code})"
-    for args in causal_commands(logdir) if causal else []:
-        code, _ = run_python(args, log)
-        if code:
-            return seconds, 0, f"{args[1]} on {what} failed (exit {code}; --no-causal skips the tests)"
-    return seconds, 0, None
-
-
-def last_error(log: pathlib.Path) -> str:
-    """The last 'error: ...' line of a cell's train.log ('' if none): why its run stopped."""
-    try:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("error: ")]
-    except OSError:
-        return ""
-    return lines[-1][len("error: "):] if lines else ""
-
-
-def train_cells(configs, cells: dict[str, dict[str, pathlib.Path]], extra: list[str], jobs: int,
-                causal: bool) -> dict[str, float]:
-    """Train every cell, `jobs` at a time (jobs > 1: the dataset is made first, and each cell's
-    output goes to <cell>/train.log); {cell: training seconds}. A cell that fails for a reason of
-    its own does not stop the others; bad input (exit status 2: the same for every cell) stops the
-    cells not yet started. Then one line names every failure."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-    todo = [(b, seed, logdir) for b, seeds in cells.items() for seed, logdir in seeds.items()]
-    for _, _, logdir in todo:
-        if logdir.exists() and not logdir.is_dir():
-            fail(f"cell folder {logdir} is a file: give another --out")
-    if jobs > 1:  # one process makes the dataset: cells started together would each write it
-        code, _ = run_python(["-m", "memory.collect", "--configs", *configs, todo[0][0], *extra])
-        if code:
-            fail(f"making the dataset failed (exit {code}); its message is above")
-    bad_input, interrupted = threading.Event(), threading.Event()
-
-    def say(line: str) -> None:
-        if jobs > 1 and not interrupted.is_set():
-            print(line + "\n", end="", flush=True)  # one write: the threads' lines stay whole
-
-    def one(cell):
-        b, seed, logdir = cell
-        name = f"{b}_seed{seed}"
-        if bad_input.is_set() or interrupted.is_set():
-            return name, 0.0, "not started"
-        log = None
-        try:
-            if jobs > 1:
-                logdir.mkdir(parents=True, exist_ok=True)
-                log = logdir / "train.log"
-                say(f"{b} seed {seed}: started, output in {log}")
-            seconds, code, error = run_cell(configs, b, seed, logdir, extra, causal, log)
-        except OSError as e:  # the folder or its log cannot be written
-            return name, 0.0, f"{b} seed {seed}: {e}"
-        say(f"{b} seed {seed}: {'done' if error is None else 'FAILED'} after {seconds / 60:.1f} min")
-        if code == 2:  # main.py refused its input: it will refuse the other cells too
-            bad_input.set()
-        if error and log:
-            error += f": {last_error(log) or 'see'} ({log})"
-        elif error:
-            error += "; its message is above"
-        return name, seconds, error
-
-    pool = ThreadPoolExecutor(jobs)
-    try:
-        done = list(pool.map(one, todo))
-    except KeyboardInterrupt:  # the runs got the same Ctrl-C and save their checkpoints
-        interrupted.set()
-        print("interrupted: waiting for the running cells to save their checkpoints; rerun the same "
-              "command to resume them", file=sys.stderr, flush=True)
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise SystemExit(130) from None
-    pool.shutdown()
-    errors = [error for _, _, error in done if error and error != "not started"]
-    skipped = [name for name, _, error in done if error == "not started"]
-    if errors:
-        fail("; ".join(errors) + (f"; not started: {', '.join(skipped)}" if skipped else ""))
-    return {name: seconds for name, seconds, _ in done}
 
 
 def _read_json(path: pathlib.Path) -> dict:

@@ -840,7 +840,7 @@ def test_report_trains_cells_at_once_and_runs_their_causal_tests(tmp_path):
 
 @pytest.mark.parametrize("backbone", ["rssm", "tssm"])
 def test_report_reruns_a_causal_test_only_when_missing_older_or_unreadable(tmp_path, backbone):
-    from memory.report import causal_commands
+    from memory.runner import causal_commands
     cell = tmp_path / "cell"
     (cell / "eval").mkdir(parents=True)
     (cell / "config.yaml").write_text(merge(load_blocks(), ["distracting_memory", "debug", backbone]).dump())
