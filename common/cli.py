@@ -82,13 +82,40 @@ def parse(argv: list[str], prog: str = "main.py",
         fail(str(e))
 
 
+def logdir_of(config, name: str | None = None) -> pathlib.Path:
+    """The run folder: config.logdir, or one derived from `name` (default: the task), the backbone
+    and the seed."""
+    return pathlib.Path(config.logdir or f"runs/{name or config.task}_{config.backbone}_seed{config.seed}")
+
+
+def logged_step(logdir: pathlib.Path) -> int | None:
+    """The last step in <logdir>/metrics.jsonl (0 when only eval/ holds files), or None when the
+    folder holds no results of a run."""
+    import json
+    steps = []
+    try:
+        lines = (logdir / "metrics.jsonl").read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (ValueError, TypeError, KeyError):
+            pass  # a line cut by a kill
+    if steps:
+        return max(steps)
+    evals = logdir / "eval"
+    return 0 if evals.is_dir() and any(p.is_file() for p in evals.iterdir()) else None
+
+
 def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathlib.Path:
     """The run folder (derived from `name` or the task, backbone and seed unless given) with
-    config.yaml in it. An existing folder is a run to resume: its saved config must match this one.
-    Stale temporary files of killed writes are removed. write=False (data-parallel ranks other
+    config.yaml in it. An existing folder is a run to resume: its saved config must match this one,
+    and it must hold the checkpoint if it holds results (logs, evaluations): without it a new run
+    would overwrite them (committed results on a fresh clone). Stale temporary files of killed
+    writes are removed. write=False (data-parallel ranks other
     than 0) only checks. Every problem with the folder exits with one line."""
-    name = name or config.task
-    logdir = pathlib.Path(config.logdir or f"runs/{name}_{config.backbone}_seed{config.seed}")
+    logdir = logdir_of(config, name)
     for path in (logdir, *logdir.parents):  # the logdir, or a folder above it, is a file
         if path.exists() and not path.is_dir():
             fail(f"logdir {logdir}: {path} is a file, not a folder: give another --logdir")
@@ -104,6 +131,10 @@ def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathl
             return logdir
         lock_logdir(logdir)  # before anything is removed or written: another run may own them
         remove_stale_tmp(logdir)
+        if not (logdir / "checkpoint.pt").exists() and (step := logged_step(logdir)) is not None:
+            fail(f"logdir {logdir} holds the results of an earlier run (logged up to step {step}) but "
+                 f"no checkpoint.pt to resume it from: a new run would overwrite them; give another "
+                 f"--logdir, or move its metrics.jsonl and eval/ away to start afresh")
         tmp = saved.with_name("config.yaml.tmp")
         try:
             tmp.write_text(config.dump())  # also shows the folder takes writes, before any work

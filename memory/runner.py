@@ -78,7 +78,17 @@ def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: lis
                                 for_main(logdir), "--run.progress", "false", *extra], log)
     if code:
         return seconds, code, f"the {what} run failed (exit {code})"
-    for args in causal_commands(logdir) if causal else []:
+    tests = causal_commands(logdir) if causal else []
+    if tests and not (logdir / "checkpoint.pt").exists():  # a finished cell from another machine
+        note = (f"{what}: no checkpoint.pt in {logdir}, so {', '.join(a[1] for a in tests)} cannot "
+                f"run; what the folder holds stays as it is\n")
+        if log is None:
+            print(note, end="", flush=True)
+        else:
+            with open(log, "a") as out:
+                out.write(note)
+        tests = []
+    for args in tests:
         code, _ = run_python(args, log)
         if code:
             return seconds, 0, f"{args[1]} on {what} failed (exit {code}; --no-causal skips the tests)"

@@ -26,7 +26,8 @@
 4. Checkpoints (model, optimiser, updates, RNG, training seconds, loss windows) every `offline.checkpoint_every` updates and at exit
    (Ctrl-C included), only from a completed, finite update (common/health.py); rerunning the
    same command resumes. Rows are drawn from (seed, update index,
-   rank), so a resumed run sees the same rows as an uninterrupted one.
+   rank), so a resumed run sees the same rows as an uninterrupted one. A finished run whose
+   checkpoint is gone (committed results on a fresh clone) is left as it is (finished()).
 Data parallel under torchrun (common/parallel.py): rank 0 makes the dataset, every rank draws its rows
 from its own contiguous slice of the training episodes (parallel.shard), gradients are averaged before
 clipping and the step; only rank 0 evaluates and writes logs, videos and checkpoints.
@@ -42,7 +43,7 @@ import numpy as np
 import torch
 
 from common import checkpoint, interrupt, parallel
-from common.cli import fail, prepare_logdir
+from common.cli import fail, logdir_of, prepare_logdir
 from common.config import ConfigError
 from common.console import Progress, offline_header
 from common.health import Health, adamw, check_growth, load_optimizer, optimizer_step
@@ -186,7 +187,13 @@ def run(config, name: str, device) -> None:
              f"must be >= 1, got {o.probe_episodes}")
     check_memory(config, device, batch=B,  # before anything is built or written
                  build=lambda dev: build_world_model(config, 1))
+    if (done := finished(logdir_of(config, name), o)) is not None:  # e.g. committed results, fresh clone
+        print(f"{logdir_of(config, name)}: finished at update {done} (its results are in "
+              f"{evaluation_file(logdir_of(config, name))}); its checkpoint is not here, so there is "
+              f"nothing to train")
+        return
     logdir = prepare_logdir(config, name, write=main_rank)
+    ckpt = load_checkpoint(logdir, FIELDS)
     checkpoint.seed_everything(config.seed)  # the same on every rank: identical initial weights
     folder = dataset_folder(config)
     try:
@@ -203,7 +210,6 @@ def run(config, name: str, device) -> None:
         fail(str(e))
     window = o.window or max(len(e["is_first"]) for e in train)
     trainer = Trainer(config, train[0]["action"].shape[-1], device)
-    ckpt = load_checkpoint(logdir, FIELDS)
     updates, seconds, windows, start = 0, 0.0, [], "a new run"
     if ckpt is not None:
         def apply():
@@ -298,6 +304,21 @@ def plateaued(windows: list[float], tolerance: float) -> bool:
     if tolerance <= 0 or len(windows) < 2:
         return False
     return windows[-2] - windows[-1] < tolerance * abs(windows[-2])
+
+
+def finished(logdir, offline) -> int | None:
+    """The update at which the run in `logdir` ended (its last evaluation reached `offline.updates`,
+    or found the loss flat) when its checkpoint is gone; None otherwise (no checkpoint: no run yet,
+    or one that cannot go on; a checkpoint: the run resumes or ends by itself)."""
+    if (pathlib.Path(logdir) / "checkpoint.pt").exists():
+        return None
+    try:
+        last = json.loads(evaluation_file(logdir).read_text())
+        updates = int(last["updates"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    flat = offline.plateau > 0 and last.get("plateau") is True
+    return updates if updates >= offline.updates or flat else None
 
 
 def _last_eval(logdir) -> int | None:

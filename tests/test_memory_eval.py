@@ -882,3 +882,60 @@ def test_cueswap_command_on_a_trained_cell(tmp_path):
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "does not reproduce" in res.stderr
+
+
+def test_a_finished_cell_without_its_checkpoint_is_read_never_retrained(tmp_path):
+    """Committed results on a fresh clone: the folder of a finished cell holds its logs and
+    evaluations but no checkpoint.pt. main.py with the same budget says it is finished and writes
+    nothing; a larger budget stops with one line; memory.report reads the cell, notes that its
+    causal test cannot run, and leaves every file as it was."""
+    out = tmp_path / "report"
+    cell = out / "rssm_seed0"
+    args = ["--configs", "distracting_memory", "debug", "rssm", "--memory.out", str(tmp_path / "data"),
+            "--memory.width", "4", "--memory.episodes", "6", "--offline.test_episodes", "2",
+            "--offline.probe_updates", "5", "--offline.eval_every", "2"]
+    res = run_main(out, [*args, "--offline.updates", "2"], name="rssm_seed0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    (cell / "checkpoint.pt").unlink()
+
+    def snapshot():
+        return {p.relative_to(cell): p.read_bytes() for p in cell.rglob("*") if p.is_file() and p.name != ".lock"}
+    before = snapshot()
+    assert {"metrics.jsonl", "eval/metrics.json", "eval/metrics_00000002.json"} <= {str(p) for p in before}
+    res = run_main(out, [*args, "--offline.updates", "2"], name="rssm_seed0")
+    assert res.returncode == 0 and "finished at update 2" in res.stdout, res.stderr[-2000:]
+    assert snapshot() == before
+    res = run_main(out, [*args, "--offline.updates", "4"], name="rssm_seed0")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "no checkpoint.pt" in res.stderr and "logged up to step 2" in res.stderr
+    assert snapshot() == before
+    cmd = [sys.executable, "-m", "memory.report", "--configs", "distracting_memory", "debug", "--out",
+           str(out), "--backbones", "rssm", *args[4:], "--offline.updates", "2"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "no checkpoint.pt" in res.stdout and "memory.cueswap cannot run" in res.stdout
+    assert snapshot() == before and "| rssm | 1 | 2 |" in (out / "report.md").read_text()
+
+
+def test_results_without_a_checkpoint_stop_a_new_run_with_one_line(tmp_path, capsys):
+    """common.cli.prepare_logdir (the online agent's and the offline trainer's): an empty folder is a
+    new run; logged rows or evaluations without checkpoint.pt are an earlier run's results, which
+    stay as they were (config.yaml too)."""
+    from common.cli import logged_step, parse, prepare_logdir
+    config = parse(["--configs", "debug", "--logdir", str(tmp_path / "run")])
+    run = prepare_logdir(config)
+    assert logged_step(run) is None and (run / "config.yaml").exists()
+    (run / "eval").mkdir()
+    assert logged_step(run) is None  # an empty eval/ folder holds nothing
+    (run / "eval" / "metrics.json").write_text("{}")
+    assert logged_step(run) == 0
+    (run / "metrics.jsonl").write_text('{"step": 500, "x": 1}\n{"step": 1000, "x": 2}\n{"st')
+    assert logged_step(run) == 1000
+    saved = (run / "config.yaml").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        prepare_logdir(parse(["--configs", "debug", "--logdir", str(run), "--steps", "12345"]))
+    assert e.value.code == 2 and (run / "config.yaml").read_bytes() == saved
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "logged up to step 1000" in err[0] and "another --logdir" in err[0]
+    (run / "checkpoint.pt").write_bytes(b"")  # with a checkpoint it is a run to resume
+    assert prepare_logdir(config) == run
