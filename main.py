@@ -5,7 +5,8 @@
 
 The loop, per iteration: act in the environments -> store the step in replay -> update the world
 model and the actor-critic (train_ratio replayed steps per env step) -> evaluate -> log -> checkpoint.
-Rerunning the same command resumes the run in the same logdir.
+Rerunning the same command resumes the run in the same logdir. A logdir with a run's results but
+no checkpoint.pt (e.g. committed results) is never trained over (common/cli.py unresumable).
 
 Data parallel (common/parallel.py): every rank runs this loop on its own env workers (own seed) and
 its own replay shard; updates average gradients over ranks. `step` counts env steps of all ranks.

@@ -49,7 +49,7 @@ def load(path, fields: dict | None = None) -> dict | None:
     path = pathlib.Path(path)
     if not path.exists():
         return None
-    way_out = "move it away to start this run afresh, or restore a backup"
+    way_out = "restore a backup, or move the logdir away (or give another --logdir) to start afresh"
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message

@@ -89,8 +89,7 @@ def logdir_of(config, name: str | None = None) -> pathlib.Path:
 
 
 def logged_step(logdir: pathlib.Path) -> int | None:
-    """The last step in <logdir>/metrics.jsonl (0 when only eval/ holds files), or None when the
-    folder holds no results of a run."""
+    """The last step in <logdir>/metrics.jsonl (None: no row)."""
     import json
     steps = []
     try:
@@ -102,19 +101,31 @@ def logged_step(logdir: pathlib.Path) -> int | None:
             steps.append(int(json.loads(line)["step"]))
         except (ValueError, TypeError, KeyError):
             pass  # a line cut by a kill
-    if steps:
-        return max(steps)
+    return max(steps) if steps else None
+
+
+def unresumable(config, logdir: pathlib.Path) -> str | None:
+    """Why no run may start in `logdir`, or None: it holds an earlier run's results (evaluations, or
+    logs past the step of its first checkpoint) but not the checkpoint.pt to resume it from, so a
+    new run would overwrite them (committed results on a fresh clone, a deleted checkpoint). Logs
+    that end before the first checkpoint are of a run killed before it could save: it starts again."""
+    if (logdir / "checkpoint.pt").exists():
+        return None
     evals = logdir / "eval"
-    return 0 if evals.is_dir() and any(p.is_file() for p in evals.iterdir()) else None
+    evaluated = evals.is_dir() and any(p.is_file() for p in evals.iterdir())
+    step = logged_step(logdir)
+    every = config.offline.checkpoint_every if config.mode == "offline" else config.run.checkpoint_every
+    if not evaluated and (step is None or step < every):
+        return None
+    what = f"logged up to step {step}" if step is not None else "its evaluations"
+    return (f"logdir {logdir} holds the results of an earlier run ({what}) but no checkpoint.pt to "
+            f"resume it from: a new run would overwrite them; give another --logdir, or move the "
+            f"folder away to start afresh")
 
 
-def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathlib.Path:
-    """The run folder (derived from `name` or the task, backbone and seed unless given) with
-    config.yaml in it. An existing folder is a run to resume: its saved config must match this one,
-    and it must hold the checkpoint if it holds results (logs, evaluations): without it a new run
-    would overwrite them (committed results on a fresh clone). Stale temporary files of killed
-    writes are removed. write=False (data-parallel ranks other
-    than 0) only checks. Every problem with the folder exits with one line."""
+def check_logdir(config, name: str | None = None) -> pathlib.Path:
+    """The run folder (derived from `name` or the task, backbone and seed unless given), checked
+    without writing anything: not a file, and an existing run's saved config matches this one."""
     logdir = logdir_of(config, name)
     for path in (logdir, *logdir.parents):  # the logdir, or a folder above it, is a file
         if path.exists() and not path.is_dir():
@@ -125,16 +136,25 @@ def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathl
             check_resume(read_saved(saved), config, logdir)
     except ConfigError as e:
         fail(str(e))
+    return logdir
+
+
+def prepare_logdir(config, name: str | None = None, write: bool = True) -> pathlib.Path:
+    """The run folder (check_logdir) with config.yaml in it. An existing folder is a run to resume:
+    its saved config must match this one, and it must hold the checkpoint if it holds results
+    (unresumable). Stale temporary files of killed writes are removed. write=False (data-parallel
+    ranks other than 0) only checks. Every problem with the folder exits with one line."""
+    logdir = check_logdir(config, name)
+    saved = logdir / "config.yaml"
     try:
         logdir.mkdir(parents=True, exist_ok=True)
+        if write:
+            lock_logdir(logdir)  # before anything is removed or written: another run may own them
+        if why := unresumable(config, logdir):  # every rank: the same files, the same answer
+            fail(why)
         if not write:
             return logdir
-        lock_logdir(logdir)  # before anything is removed or written: another run may own them
         remove_stale_tmp(logdir)
-        if not (logdir / "checkpoint.pt").exists() and (step := logged_step(logdir)) is not None:
-            fail(f"logdir {logdir} holds the results of an earlier run (logged up to step {step}) but "
-                 f"no checkpoint.pt to resume it from: a new run would overwrite them; give another "
-                 f"--logdir, or move its metrics.jsonl and eval/ away to start afresh")
         tmp = saved.with_name("config.yaml.tmp")
         try:
             tmp.write_text(config.dump())  # also shows the folder takes writes, before any work

@@ -30,8 +30,8 @@ def restore(logdir: pathlib.Path, apply) -> None:
         apply()
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as e:
         fail(f"checkpoint {logdir / 'checkpoint.pt'} does not fit this model/config "
-             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move it "
-             f"away to start afresh")
+             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}); move the "
+             f"logdir away (or give another --logdir) to start afresh")
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ write one report folder with a markdown table, plots and side-by-side imaginatio
         --seeds 0 --out reports/memory/distracting_memory [--key value ...]
 
 Each cell is an ordinary `main.py` offline run in <out>/<backbone>_seed<seed> (extra --key value
-arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones);
+arguments go to every run; rerunning resumes unfinished cells and only re-reads finished ones,
+also those whose checkpoint is gone, e.g. committed results on a fresh clone; a cell with results
+but neither its budget reached nor its checkpoint fails alone, with one line);
 --jobs N trains N cells at once (two one-thread runs use a 2-core machine). A Distracting Memory
 cell then gets its causal tests, memory.cueswap (and memory.readback on tssm), while its checkpoint
 is there (--no-causal: not). The training is memory/runner.py's; this module writes the report.

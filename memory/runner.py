@@ -9,8 +9,8 @@ import pathlib
 import sys
 import time
 
-from common.cli import fail
-from memory.train import evaluation_file
+from common.cli import check_logdir, fail, parse, unresumable
+from memory.train import evaluation_file, finished
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -70,29 +70,46 @@ def read_saved_or_none(path: pathlib.Path) -> dict | None:
 
 
 def run_cell(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str],
-             causal: bool, log: pathlib.Path | None = None) -> tuple[float, int, str | None]:
-    """Train (or resume) one cell, then its missing causal tests (`causal`): (training seconds,
-    the training's exit status, None or why the cell failed)."""
+             causal: bool, log: pathlib.Path | None = None, train: bool = True) -> tuple[float, int, str | None]:
+    """Train (or resume) one cell (train=False: a finished one, only read), then its missing causal
+    tests (`causal`): (training seconds, the training's exit status, None or why the cell failed)."""
     what = f"{backbone} seed {seed}"
-    code, seconds = run_python(["main.py", "--configs", *configs, backbone, "--seed", seed, "--logdir",
-                                for_main(logdir), "--run.progress", "false", *extra], log)
+
+    def say(line: str) -> None:
+        if log is None:
+            print(line, flush=True)
+        else:
+            with open(log, "a") as out:
+                out.write(line + "\n")
+    code, seconds = 0, 0.0
+    if train:
+        code, seconds = run_python(["main.py", "--configs", *configs, backbone, "--seed", seed, "--logdir",
+                                    for_main(logdir), "--run.progress", "false", *extra], log)
     if code:
         return seconds, code, f"the {what} run failed (exit {code})"
     tests = causal_commands(logdir) if causal else []
     if tests and not (logdir / "checkpoint.pt").exists():  # a finished cell from another machine
-        note = (f"{what}: no checkpoint.pt in {logdir}, so {', '.join(a[1] for a in tests)} cannot "
-                f"run; what the folder holds stays as it is\n")
-        if log is None:
-            print(note, end="", flush=True)
-        else:
-            with open(log, "a") as out:
-                out.write(note)
+        say(f"{what}: no checkpoint.pt in {logdir}, so {', '.join(a[1] for a in tests)} cannot run; "
+            f"what the folder holds stays as it is")
         tests = []
     for args in tests:
         code, _ = run_python(args, log)
         if code:
             return seconds, 0, f"{args[1]} on {what} failed (exit {code}; --no-causal skips the tests)"
     return seconds, 0, None
+
+
+def cell_state(configs, backbone: str, seed: str, logdir: pathlib.Path, extra: list[str]) -> tuple[str, str]:
+    """("train", "") for a cell to train or resume; ("finished", how) for one that ended and lost its
+    checkpoint (committed results: read as they are); ("refused", why) for one with results but no
+    checkpoint to go on from. Its settings must match those the folder was trained with."""
+    config = parse(["--configs", *configs, backbone, "--seed", seed, "--logdir", str(logdir), *extra])
+    check_logdir(config)  # other settings than the folder's: one line
+    if done := finished(logdir, config.offline):
+        return "finished", done
+    if why := unresumable(config, logdir):
+        return "refused", why
+    return "train", ""
 
 
 def last_error(log: pathlib.Path) -> str:
@@ -107,7 +124,8 @@ def last_error(log: pathlib.Path) -> str:
 def train_cells(configs, cells: dict[str, dict[str, pathlib.Path]], extra: list[str], jobs: int,
                 causal: bool) -> dict[str, float]:
     """Train every cell, `jobs` at a time (jobs > 1: the dataset is made first, and each cell's
-    output goes to <cell>/train.log); {cell: training seconds}. A cell that fails for a reason of
+    output goes to <cell>/train.log); {cell: training seconds} of the cells trained. A finished
+    cell whose checkpoint is gone is read, not run (cell_state). A cell that fails for a reason of
     its own does not stop the others; bad input (exit status 2: the same for every cell) stops the
     cells not yet started. Then one line names every failure."""
     import threading
@@ -116,7 +134,11 @@ def train_cells(configs, cells: dict[str, dict[str, pathlib.Path]], extra: list[
     for _, _, logdir in todo:
         if logdir.exists() and not logdir.is_dir():
             fail(f"cell folder {logdir} is a file: give another --out")
-    if jobs > 1:  # one process makes the dataset: cells started together would each write it
+    state = {logdir: cell_state(configs, b, seed, logdir, extra) for b, seed, logdir in todo}
+    for (b, seed, logdir) in todo:
+        if state[logdir][0] == "finished":
+            print(f"{b} seed {seed}: {state[logdir][1]}; no checkpoint here: read as it is", flush=True)
+    if jobs > 1 and any(kind == "train" for kind, _ in state.values()):  # one process makes the dataset
         code, _ = run_python(["-m", "memory.collect", "--configs", *configs, todo[0][0], *extra])
         if code:
             fail(f"making the dataset failed (exit {code}); its message is above")
@@ -129,9 +151,15 @@ def train_cells(configs, cells: dict[str, dict[str, pathlib.Path]], extra: list[
     def one(cell):
         b, seed, logdir = cell
         name = f"{b}_seed{seed}"
+        kind, why = state[logdir]
+        if kind == "refused":
+            return name, 0.0, f"{b} seed {seed}: {why}"
         if bad_input.is_set() or interrupted.is_set():
             return name, 0.0, "not started"
         log = None
+        if kind == "finished":
+            _, _, error = run_cell(configs, b, seed, logdir, extra, causal, train=False)
+            return name, None, error
         try:
             if jobs > 1:
                 logdir.mkdir(parents=True, exist_ok=True)
@@ -163,4 +191,4 @@ def train_cells(configs, cells: dict[str, dict[str, pathlib.Path]], extra: list[
     skipped = [name for name, _, error in done if error == "not started"]
     if errors:
         fail("; ".join(errors) + (f"; not started: {', '.join(skipped)}" if skipped else ""))
-    return {name: seconds for name, seconds, _ in done}
+    return {name: seconds for name, seconds, _ in done if seconds is not None}

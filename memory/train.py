@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from common import checkpoint, interrupt, parallel
-from common.cli import fail, logdir_of, prepare_logdir
+from common.cli import check_logdir, fail, prepare_logdir
 from common.config import ConfigError
 from common.console import Progress, offline_header
 from common.health import Health, adamw, check_growth, load_optimizer, optimizer_step
@@ -187,10 +187,9 @@ def run(config, name: str, device) -> None:
              f"must be >= 1, got {o.probe_episodes}")
     check_memory(config, device, batch=B,  # before anything is built or written
                  build=lambda dev: build_world_model(config, 1))
-    if (done := finished(logdir_of(config, name), o)) is not None:  # e.g. committed results, fresh clone
-        print(f"{logdir_of(config, name)}: finished at update {done} (its results are in "
-              f"{evaluation_file(logdir_of(config, name))}); its checkpoint is not here, so there is "
-              f"nothing to train")
+    if done := finished(check_logdir(config, name), o):  # e.g. committed results on a fresh clone
+        if main_rank:
+            print(f"{done}; its checkpoint is not here, so there is nothing to train")
         return
     logdir = prepare_logdir(config, name, write=main_rank)
     ckpt = load_checkpoint(logdir, FIELDS)
@@ -306,19 +305,25 @@ def plateaued(windows: list[float], tolerance: float) -> bool:
     return windows[-2] - windows[-1] < tolerance * abs(windows[-2])
 
 
-def finished(logdir, offline) -> int | None:
-    """The update at which the run in `logdir` ended (its last evaluation reached `offline.updates`,
-    or found the loss flat) when its checkpoint is gone; None otherwise (no checkpoint: no run yet,
-    or one that cannot go on; a checkpoint: the run resumes or ends by itself)."""
-    if (pathlib.Path(logdir) / "checkpoint.pt").exists():
+def finished(logdir, offline) -> str | None:
+    """How the run in `logdir` ended, when its checkpoint is gone and its last evaluation reached
+    `offline.updates` or found the loss flat (offline.plateau, recomputed from the loss windows it
+    recorded); None otherwise (no checkpoint: no run yet, or one that cannot go on; a checkpoint:
+    the run resumes, or ends by itself)."""
+    logdir = pathlib.Path(logdir)
+    if (logdir / "checkpoint.pt").exists():
         return None
     try:
         last = json.loads(evaluation_file(logdir).read_text())
-        updates = int(last["updates"])
-    except (OSError, ValueError, KeyError, TypeError):
+        updates, windows = int(last["updates"]), [float(v) for v in last.get("loss_windows", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    flat = offline.plateau > 0 and last.get("plateau") is True
-    return updates if updates >= offline.updates or flat else None
+    if updates >= offline.updates:
+        return f"{logdir}: finished at update {updates} (results in {evaluation_file(logdir)})"
+    if plateaued(windows, offline.plateau):
+        return (f"{logdir}: stopped at update {updates}, where the training loss had flattened "
+                f"(results in {evaluation_file(logdir)})")
+    return None
 
 
 def _last_eval(logdir) -> int | None:

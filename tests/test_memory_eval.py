@@ -417,12 +417,16 @@ def test_memory_maze_probe_report_end_to_end(tmp_path):
 
 def test_report_stops_with_one_line_when_a_cell_fails(tmp_path):
     cmd = [sys.executable, "-m", "memory.report", "--configs", "multi_doors_keys", "debug",
-           "--backbones", "rssm", "--out", str(tmp_path / "report"), "--wm.no_such_key", "1"]
+           "--backbones", "rssm", "--out", str(tmp_path / "report"), "--offline.test_episodes", "9"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert "no_such_key" in lines[0]  # main.py's own message, then the report's
+    assert "offline.test_episodes" in lines[0]  # main.py's own message, then the report's
     assert lines[-1] == "error: the rssm seed 0 run failed (exit 2); its message is above"
+    res = subprocess.run([*cmd[:-2], "--wm.no_such_key", "1"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)  # a key no run knows: one line before any cell starts
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "no_such_key" in res.stderr
+    assert "running" not in res.stdout
 
 
 class _CarryModel(_PlantedModel):
@@ -909,33 +913,74 @@ def test_a_finished_cell_without_its_checkpoint_is_read_never_retrained(tmp_path
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "no checkpoint.pt" in res.stderr and "logged up to step 2" in res.stderr
     assert snapshot() == before
+    res = run_main(out, [*args, "--offline.updates", "2", "--wm.lr", "0.01"], name="rssm_seed0")
+    assert res.returncode == 2 and "wm.lr" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert snapshot() == before  # other settings than the finished cell's: never credited with its results
     cmd = [sys.executable, "-m", "memory.report", "--configs", "distracting_memory", "debug", "--out",
            str(out), "--backbones", "rssm", *args[4:], "--offline.updates", "2"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "no checkpoint.pt" in res.stdout and "memory.cueswap cannot run" in res.stdout
+    assert "main.py" not in res.stdout and "rssm seed 0: " in res.stdout and "read as it is" in res.stdout
     assert snapshot() == before and "| rssm | 1 | 2 |" in (out / "report.md").read_text()
 
 
 def test_results_without_a_checkpoint_stop_a_new_run_with_one_line(tmp_path, capsys):
     """common.cli.prepare_logdir (the online agent's and the offline trainer's): an empty folder is a
-    new run; logged rows or evaluations without checkpoint.pt are an earlier run's results, which
+    new run, and so is one whose logs end before the first checkpoint (a run killed before it could
+    save); logs past it, or evaluations, without checkpoint.pt are an earlier run's results, which
     stay as they were (config.yaml too)."""
-    from common.cli import logged_step, parse, prepare_logdir
-    config = parse(["--configs", "debug", "--logdir", str(tmp_path / "run")])
+    from common.cli import logged_step, parse, prepare_logdir, unresumable
+    config = parse(["--configs", "debug", "--logdir", str(tmp_path / "run")])  # run.checkpoint_every 100
     run = prepare_logdir(config)
-    assert logged_step(run) is None and (run / "config.yaml").exists()
+    assert logged_step(run) is None and unresumable(config, run) is None and (run / "config.yaml").exists()
+    (run / "metrics.jsonl").write_text('{"step": 50, "x": 1}\n{"st')
+    assert logged_step(run) == 50 and prepare_logdir(config) == run  # killed before its first save
     (run / "eval").mkdir()
-    assert logged_step(run) is None  # an empty eval/ folder holds nothing
+    assert unresumable(config, run) is None  # an empty eval/ folder holds nothing
     (run / "eval" / "metrics.json").write_text("{}")
-    assert logged_step(run) == 0
-    (run / "metrics.jsonl").write_text('{"step": 500, "x": 1}\n{"step": 1000, "x": 2}\n{"st')
-    assert logged_step(run) == 1000
+    assert "(logged up to step 50)" in unresumable(config, run)
+    (run / "metrics.jsonl").unlink()
+    assert "(its evaluations)" in unresumable(config, run)
+    (run / "eval" / "metrics.json").unlink()
+    (run / "metrics.jsonl").write_text('{"step": 50, "x": 1}\n{"step": 100, "x": 2}\n')
     saved = (run / "config.yaml").read_bytes()
     with pytest.raises(SystemExit) as e:
         prepare_logdir(parse(["--configs", "debug", "--logdir", str(run), "--steps", "12345"]))
     assert e.value.code == 2 and (run / "config.yaml").read_bytes() == saved
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "logged up to step 1000" in err[0] and "another --logdir" in err[0]
+    assert len(err) == 1 and "logged up to step 100" in err[0] and "another --logdir" in err[0]
+    with pytest.raises(SystemExit):  # a data-parallel rank > 0 (write=False) says the same
+        prepare_logdir(config, write=False)
+    assert "logged up to step 100" in capsys.readouterr().err
     (run / "checkpoint.pt").write_bytes(b"")  # with a checkpoint it is a run to resume
     assert prepare_logdir(config) == run
+
+
+def test_a_cell_is_finished_at_its_budget_or_at_a_plateau_recomputed_from_its_loss_windows(tmp_path):
+    """memory.train.finished and memory.runner.cell_state on planted folders: finished cells are
+    read, unfinished ones without a checkpoint refused, anything else trained."""
+    from memory.runner import cell_state
+    from memory.train import finished
+    args = ["distracting_memory", "debug"]
+    config = merge(load_blocks(), [*args, "rssm"], {"offline.updates": 8}, cuda_available=False)
+    cell = tmp_path / "rssm_seed0"
+    assert finished(cell, config.offline) is None and cell_state(args, "rssm", "0", cell, [])[0] == "train"
+    (cell / "eval").mkdir(parents=True)
+    (cell / "config.yaml").write_text(config.dump())
+
+    def last(updates, windows):
+        (cell / "eval" / "metrics.json").write_text(json.dumps({"updates": updates, "loss_windows": windows}))
+    last(8, [])
+    assert "finished at update 8" in finished(cell, config.offline)
+    assert cell_state(args, "rssm", "0", cell, ["--offline.updates", "8"])[0] == "finished"
+    kind, why = cell_state(args, "rssm", "0", cell, ["--offline.updates", "16"])
+    assert kind == "refused" and "no checkpoint.pt" in why
+    last(4, [2.0, 1.999])  # the loss changed by 0.05% over the last window
+    flat = merge(load_blocks(), [*args, "rssm"], {"offline.updates": 8, "offline.plateau": 0.01})
+    assert "flattened" in finished(cell, flat.offline)
+    strict = merge(load_blocks(), [*args, "rssm"], {"offline.updates": 8, "offline.plateau": 0.0001})
+    assert finished(cell, strict.offline) is None and finished(cell, config.offline) is None  # plateau 0: never
+    (cell / "checkpoint.pt").write_bytes(b"")
+    assert finished(cell, flat.offline) is None  # with its checkpoint the run decides for itself
+    assert cell_state(args, "rssm", "0", cell, ["--offline.updates", "16"])[0] == "train"
