@@ -11,7 +11,7 @@ Images are compared on [0, 1] (uint8 / 255), RGB, per frame:
                window positions and averaged over positions and channels
 
 The paper does not state its MSE normalisation; our tables report `mse` (per pixel) and the
-docs give mse_sum for comparison (a 64x64x3 frame: mse_sum = 12288 * mse).
+docs give mse_sum for comparison (summed over a frame: 12288 * mse at 64x64x3, 768 * mse at 16x16x3).
 
 Reward prediction (Distracting Memory): the predicted reward at the recorded decision step (the step
 onto an end square, dataset key `reward_step`) is classified as rewarded when it exceeds 0.5 and

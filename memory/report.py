@@ -518,9 +518,10 @@ def main(argv=None) -> None:
         header = f"configs: `{' '.join(args.configs)}` {' '.join(extra)}; seeds {args.seeds}; {written}"
     lines = [f"# Memory benchmark: {name}", "", header, "",
              f"Scores at {when}:", "", *table(results), "",
-             "MSE per pixel on [0, 1]; mse_sum per 64x64x3 frame; PSNR in dB; reward accuracies at "
-             "the recorded decision step (memory/metrics.py); cue_acc_* and probe_* are probes on "
-             "the frozen model's features (memory/probe.py).", "",
+             "MSE per pixel on [0, 1]; mse_sum summed over a frame (H x W x 3 values: 12288 at "
+             "64x64, 768 at 16x16); PSNR in dB; reward accuracies at the recorded decision step "
+             "(memory/metrics.py); cue_acc_* and probe_* are probes on the frozen model's features "
+             "(memory/probe.py).", "",
              *perception_gate(results), "", *causal_tests(logdirs), *progress_lines, *cost(results), ""]
     if walls:
         lines += ["| cell | wall time (this call) |", "|---|---|"]
