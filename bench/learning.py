@@ -51,7 +51,7 @@ import numpy as np
 
 from bench.study_report import (WALL, machine_line, pyplot, read_curve, summarise, wall_minutes,
                                 write_study)
-from common.cli import fail, run_main
+from common.cli import fail, logged_step, run_main
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -105,9 +105,7 @@ STUDIES = {
 
 def last_step(logdir: pathlib.Path) -> int:
     """The last step a run logged (0 if none): a finished run logs its final step at exit."""
-    path = logdir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1])["step"] if lines else 0
+    return logged_step(logdir) or 0
 
 
 def random_returns(task: str, episodes: int, seed: int, env_kw: dict) -> np.ndarray:
