@@ -426,6 +426,17 @@ def read_saved(path) -> dict:
     return _flatten(saved)
 
 
+# Memory-benchmark keys each memory.env never reads (memory.collect.Spec normalises them away, so
+# they never make two datasets differ; a test holds the two together).
+UNUSED_BY_ENV = {
+    "distracting_memory": {"memory.context", "memory.query", "memory.noise", "memory.rooms",
+                           "memory.teleport", "memory.keys", "memory.maze"},
+    "multi_doors_keys": {"memory.width", "memory.rooms", "memory.teleport", "memory.maze"},
+    "rooms": {"memory.width", "memory.keys", "memory.maze"},
+    "memory_maze": {"memory.width", "memory.keys", "memory.rooms", "memory.teleport"},
+}
+
+
 def check_resume(saved: dict, config: Config, path) -> None:
     """A rerun in an existing logdir must use the same config (steps may grow to continue longer).
     saved: read_saved(<logdir>/config.yaml)."""
@@ -435,6 +446,8 @@ def check_resume(saved: dict, config: Config, path) -> None:
     allowed = {"steps", "logdir", "device", "threads", "memory.workers", "offline.updates", "offline.plateau",
                "offline.eval_every", "offline.eval_batch", "offline.log_every",
                "offline.checkpoint_every"}
+    if now.get("mode") == "offline" and saved.get("memory.env") == now.get("memory.env"):
+        allowed |= UNUSED_BY_ENV.get(now.get("memory.env"), set())  # e.g. a size block's doors-keys rows
     if "size" in saved and saved["size"] != now.get("size"):  # e.g. begun on a GPU, rerun on a CPU
         raise ConfigError(
             f"logdir {path} holds a run of size {saved['size']!r} but this command gives size "

@@ -103,6 +103,36 @@ def test_a_run_resumed_on_another_device_is_told_its_size(tmp_path):
                  tmp_path)  # the hint works
 
 
+def test_a_memory_run_resumes_across_keys_its_env_never_reads(tmp_path):
+    """A saved Distracting Memory run (e.g. begun when grid_cpu's doors-keys rows were 400 steps)
+    resumes when only keys its env ignores changed; the keys it reads still refuse. The table of
+    ignored keys agrees with the dataset spec: a key changes the dataset exactly when it is read."""
+    from common.config import UNUSED_BY_ENV
+    from memory.collect import Spec
+    changed = {"memory.context": 7, "memory.query": 9, "memory.noise": 0.5, "memory.rooms": 10,
+               "memory.teleport": True, "memory.keys": 5, "memory.maze": "15x15", "memory.width": 50}
+    for env, unused in UNUSED_BY_ENV.items():
+        base = {"memory.env": env, "memory.context": 150, "memory.query": 150}  # fits every maze
+        (tmp_path / "config.yaml").write_text(merge(BLOCKS, ["distracting_memory", "debug"], base).dump())
+        saved = read_saved(tmp_path / "config.yaml")
+        for key, value in changed.items():
+            now = merge(BLOCKS, ["distracting_memory", "debug"], {**base, key: value})
+            if key in unused:
+                check_resume(saved, now, tmp_path)
+                assert Spec.from_config(now) == Spec.from_config(merge(BLOCKS, ["distracting_memory", "debug"],
+                                                                       base)), (env, key)
+            else:
+                with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+                    check_resume(saved, now, tmp_path)
+                assert Spec.from_config(now) != Spec.from_config(merge(BLOCKS, ["distracting_memory", "debug"],
+                                                                       base)), (env, key)
+    # the env itself is never ignored
+    (tmp_path / "config.yaml").write_text(merge(BLOCKS, ["distracting_memory", "debug"]).dump())
+    with pytest.raises(ConfigError, match="memory.env"):
+        check_resume(read_saved(tmp_path / "config.yaml"),
+                     merge(BLOCKS, ["distracting_memory", "debug"], {"memory.env": "multi_doors_keys"}), tmp_path)
+
+
 def test_debug_is_small_with_every_memory_block():
     from memory.collect import Spec
     for block in MEMORY_BLOCKS:
