@@ -426,8 +426,8 @@ def read_saved(path) -> dict:
     return _flatten(saved)
 
 
-# Memory-benchmark keys each memory.env never reads (memory.collect.Spec normalises them away, so
-# they never make two datasets differ; a test holds the two together).
+# Memory-benchmark keys each memory.env never reads: they may differ when a run resumes, and
+# memory.collect.Spec normalises them away, so they never make two datasets differ.
 UNUSED_BY_ENV = {
     "distracting_memory": {"memory.context", "memory.query", "memory.noise", "memory.rooms",
                            "memory.teleport", "memory.keys", "memory.maze"},

@@ -54,7 +54,7 @@ import numpy as np
 from ruamel.yaml import YAML
 
 from common import interrupt
-from common.config import ConfigError
+from common.config import UNUSED_BY_ENV, ConfigError
 from envs import env_seed
 from envs.headless import gl_errors
 from memory.grid_policies import DistractingPolicy, DoorsKeysPolicy
@@ -106,12 +106,15 @@ class Spec:
             if m.context + m.query > STEPS[m.maze] + 1:
                 raise ConfigError(f"memory.context + memory.query must be at most {STEPS[m.maze] + 1} "
                                   f"(a {m.maze} memory maze episode), got {m.context + m.query}")
-        # Keys an env ignores are normalised, so they never make two equal datasets differ.
-        rooms_env, dm = m.env == "rooms", m.env == "distracting_memory"
-        return cls(m.env, m.rooms if rooms_env else 0, m.teleport and rooms_env,
-                   m.width if dm else 0, m.keys if m.env == "multi_doors_keys" else 0,
-                   0 if dm else m.context, 0 if dm else m.query, 0.0 if dm else m.noise,
-                   config.env.image_size, m.maze if m.env == "memory_maze" else "")
+        # Keys an env never reads (UNUSED_BY_ENV, which also lets them differ on resume) are
+        # normalised, so they never make two equal datasets differ.
+        unused = UNUSED_BY_ENV[m.env]
+
+        def read(key: str, empty):
+            return empty if f"memory.{key}" in unused else m[key]
+        return cls(m.env, read("rooms", 0), read("teleport", False), read("width", 0), read("keys", 0),
+                   read("context", 0), read("query", 0), read("noise", 0.0), config.env.image_size,
+                   read("maze", ""))
 
     @property
     def name(self) -> str:

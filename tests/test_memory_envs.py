@@ -310,3 +310,26 @@ def test_training_seeds_share_a_dataset_and_memory_seed_draws_another(tmp_path):
     assert any(not np.array_equal(a[n]["image"], b[n]["image"]) for n in a)  # other episodes
     with pytest.raises(ConfigError, match="memory.seed=0 but this command gives memory.seed=1"):
         collect.collect(_config("distracting_memory", tmp_path / "a", **{**overrides, "memory.seed": "1"}))
+
+
+@pytest.mark.parametrize("env", ["distracting_memory", "multi_doors_keys"])
+def test_a_grid_episode_depends_on_exactly_the_keys_its_env_reads(env):
+    """UNUSED_BY_ENV (which keys may differ when a run resumes, and which the dataset spec drops)
+    against the env and its policy themselves: an episode built from a spec with one field changed
+    is the same for every field the table lists and differs for every other one. (The rooms and
+    Memory Maze envs are left out: MiniWorld allows one env per process, a maze episode takes ~14 s.)"""
+    import dataclasses
+    from common.config import UNUSED_BY_ENV
+    base = Spec(env, rooms=4, teleport=False, width=6, keys=3, context=12, query=10, noise=0.2,
+                image_size=16, maze="9x9")
+    changed = {"rooms": 2, "teleport": True, "width": 8, "keys": 5, "context": 14, "query": 12,
+               "noise": 0.6, "maze": "11x11"}
+
+    def episode(spec):
+        return run_episode(spec.build(seed=3), spec, seed=3)
+    reference = episode(base)
+    for key, value in changed.items():
+        other = episode(dataclasses.replace(base, **{key: value}))
+        same = other.keys() == reference.keys() and all(
+            np.array_equal(other[k], reference[k]) for k in reference)
+        assert same == (f"memory.{key}" in UNUSED_BY_ENV[env]), (env, key)

@@ -105,8 +105,8 @@ def test_a_run_resumed_on_another_device_is_told_its_size(tmp_path):
 
 def test_a_memory_run_resumes_across_keys_its_env_never_reads(tmp_path):
     """A saved Distracting Memory run (e.g. begun when grid_cpu's doors-keys rows were 400 steps)
-    resumes when only keys its env ignores changed; the keys it reads still refuse. The table of
-    ignored keys agrees with the dataset spec: a key changes the dataset exactly when it is read."""
+    resumes when only keys its env ignores changed; the keys it reads still refuse, and each of them
+    is part of the dataset spec. (tests/test_memory_envs.py holds the table to the envs themselves.)"""
     from common.config import UNUSED_BY_ENV
     from memory.collect import Spec
     changed = {"memory.context": 7, "memory.query": 9, "memory.noise": 0.5, "memory.rooms": 10,
@@ -119,8 +119,6 @@ def test_a_memory_run_resumes_across_keys_its_env_never_reads(tmp_path):
             now = merge(BLOCKS, ["distracting_memory", "debug"], {**base, key: value})
             if key in unused:
                 check_resume(saved, now, tmp_path)
-                assert Spec.from_config(now) == Spec.from_config(merge(BLOCKS, ["distracting_memory", "debug"],
-                                                                       base)), (env, key)
             else:
                 with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
                     check_resume(saved, now, tmp_path)
