@@ -103,11 +103,6 @@ STUDIES = {
 
 # ---- reading runs -------------------------------------------------------------------------------
 
-def last_step(logdir: pathlib.Path) -> int:
-    """The last step a run logged (0 if none): a finished run logs its final step at exit."""
-    return logged_step(logdir) or 0
-
-
 def random_returns(task: str, episodes: int, seed: int, env_kw: dict) -> np.ndarray:
     """Returns of uniformly random actions over `episodes` episodes, (episodes,)."""
     from envs import make_env
@@ -273,7 +268,7 @@ def run_study(args, extra) -> None:
             fail(str(e))
     cells = study_cells(args.study, study, tasks, backbones, seeds, steps, out, extra,
                         args.add_configs)
-    todo = [c for c in cells if last_step(c[2]) < steps]
+    todo = [c for c in cells if (logged_step(c[2]) or 0) < steps]  # a finished run logs its last step
     print(f"study {args.study}: {len(cells)} runs, {len(cells) - len(todo)} finished, "
           f"{len(todo)} to run ({args.jobs} at a time)", flush=True)
     if not args.no_run:

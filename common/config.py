@@ -428,11 +428,12 @@ def read_saved(path) -> dict:
 
 # Memory-benchmark keys each memory.env never reads: they may differ when a run resumes, and
 # memory.collect.Spec normalises them away, so they never make two datasets differ.
+# Its keys are the memory envs (memory.collect.ENVS).
 UNUSED_BY_ENV = {
+    "rooms": {"memory.width", "memory.keys", "memory.maze"},
     "distracting_memory": {"memory.context", "memory.query", "memory.noise", "memory.rooms",
                            "memory.teleport", "memory.keys", "memory.maze"},
     "multi_doors_keys": {"memory.width", "memory.rooms", "memory.teleport", "memory.maze"},
-    "rooms": {"memory.width", "memory.keys", "memory.maze"},
     "memory_maze": {"memory.width", "memory.keys", "memory.rooms", "memory.teleport"},
 }
 

@@ -61,7 +61,7 @@ from memory.grid_policies import DistractingPolicy, DoorsKeysPolicy
 from memory.policies import MazePolicy, RoomsPolicy
 from replay.storage import remove_tmp, write_atomic
 
-ENVS = ("rooms", "distracting_memory", "multi_doors_keys", "memory_maze")
+ENVS = tuple(UNUSED_BY_ENV)  # rooms, distracting_memory, multi_doors_keys, memory_maze
 ROOM_WORDS = {2: "two", 4: "four", 10: "ten"}
 EXTRAS = {"room": np.int16, "pose": np.float32, "teleport_source": np.int32, "cue": np.int8,
           "reward_step": bool, "cell": np.int16, "held": bool, "door_open": bool, "door_color": np.int8,
