@@ -151,10 +151,7 @@ class GridMemoryEnv(MiniGridEnv):
                 tile = Grid.render_tile(obj, agent_dir=self.agent_dir if centre else None, tile_size=TILE)
                 top, left = STRIP + dy * TILE, 2 + dx * TILE
                 image[top:top + TILE, left:left + TILE] = tile  # (12, 12, 3) tiles, cached by minigrid
-        if self.image_size != 64:
-            from PIL import Image
-            image = np.asarray(Image.fromarray(image).resize((self.image_size,) * 2, Image.NEAREST))
-        return image
+        return _resize(image, self.image_size)
 
     def _fill_walls(self) -> None:
         for x in range(self.width):
@@ -163,6 +160,47 @@ class GridMemoryEnv(MiniGridEnv):
 
 
 _WALL = Wall()
+WINDOW = len(COLOURS)  # pixel_labels: window cell (dx, dy) is WINDOW + dy * VIEW + dx
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    """A 64x64 drawing at `size` x `size` (NEAREST: colours stay exact), as every observation is."""
+    if size == 64:
+        return image
+    from PIL import Image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.NEAREST))
+
+
+def pixel_labels(image_size: int) -> np.ndarray:
+    """int (image_size, image_size): what each pixel of an observation shows: slot i of the
+    held-keys strip -> i, window cell (dx, dy) -> WINDOW + dy * VIEW + dx (dx right, dy down; the
+    agent at (VIEW // 2, VIEW // 2)), the black margins -> -1. Drawn at 64x64 and resized as
+    render_view resizes, so it holds at every image size (16: 2 px per slot, 3x3 per cell)."""
+    labels = np.full((64, 64), 255, np.uint8)
+    for i in range(len(COLOURS)):
+        labels[:STRIP, 8 * i:8 * i + 8] = i
+    for dy in range(VIEW):
+        for dx in range(VIEW):
+            top, left = STRIP + dy * TILE, 2 + dx * TILE
+            labels[top:top + TILE, left:left + TILE] = WINDOW + dy * VIEW + dx
+    out = _resize(np.repeat(labels[..., None], 3, -1), image_size)[..., 0].astype(np.int64)
+    out[out == 255] = -1
+    return out
+
+
+def tile_pixels(obj, image_size: int) -> np.ndarray:
+    """uint8 (n, 3): the pixels of a window cell showing `obj` (a minigrid WorldObj, None: floor)
+    in an observation of `image_size`, in the row-major order of its pixel_labels mask."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[STRIP:STRIP + TILE, 2:2 + TILE] = Grid.render_tile(obj, tile_size=TILE)
+    return _resize(image, image_size)[pixel_labels(image_size) == WINDOW]
+
+
+def door_cells(keys: int) -> list[tuple[int, int, int]]:
+    """Multi Doors Keys with `keys` doors: (x, y of door i, y of the cell in front of it inside the
+    room); doors 0 .. ceil(keys / 2) - 1 in the top wall, the rest in the bottom wall."""
+    top = math.ceil(keys / 2)
+    return [(2 + 2 * i, 2, 3) for i in range(top)] + [(2 + 2 * i, 8, 7) for i in range(keys - top)]
 
 
 class DistractingMemory(GridMemoryEnv):
@@ -230,10 +268,8 @@ class MultiDoorsKeys(GridMemoryEnv):
     def __init__(self, keys: int, max_steps: int):
         if not 1 <= keys <= len(COLOURS):
             raise ValueError(f"multi_doors_keys: keys must be in [1, {len(COLOURS)}], got {keys}")
-        self.keys, top = keys, math.ceil(keys / 2)
-        inner = 2 * top + 1
-        # Door slots: (x, y of the door, y of the cell in front of it inside the room).
-        self.slots = [(2 + 2 * i, 2, 3) for i in range(top)] + [(2 + 2 * i, 8, 7) for i in range(keys - top)]
+        self.keys, inner = keys, 2 * math.ceil(keys / 2) + 1
+        self.slots = door_cells(keys)
         self.doors: list[Door] = []
         super().__init__(width=inner + 2, height=11, max_steps=max_steps)
 

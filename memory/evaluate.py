@@ -8,6 +8,14 @@ query frames, which are observed too (teleport variants: the model is shown wher
                               per-frame curves over the imagination step (index 0 = first imagined
                               frame); teleport: gen_mse_revisit over query frames that show a view
                               the context already showed (memory.metrics.revisit_mask)
+    multi doors keys          [ours] also what the frames show of the held keys and the doors, read
+                              back from their pixels: held_acc_* (the strip shows exactly the held
+                              keys) and door_acc_* (a door in view is shown open iff it is), over the
+                              reconstructed context (perception), the imagined query (memory), and
+                              for the 'frozen' guess (the last observed frame's keys and doors, kept
+                              unchanged through the query) and the 'blank' one (an empty strip, every
+                              door drawn as a black, i.e. open, cell); gen_mse_strip / gen_mse_window split
+                              gen_mse into the held-keys strip and the 5x5 window
     distracting memory        reward accuracy at the recorded decision step, (a) 'inference': the
                               whole episode observed, (b) 'imagination': the context observed, the
                               rest imagined; plus gen_mse of the imagined frames, and [ours] cue
@@ -22,9 +30,12 @@ episode of any length fits in memory.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
+from envs import gridmemory as grid
 from memory import metrics
 from memory.episodes import MODEL_KEYS, observe
 from memory.probe import cue_scores, evaluate_probes
@@ -63,13 +74,73 @@ def _context_length(episode: dict) -> int:
     return int(np.sum(episode["phase"] == 0))
 
 
+@functools.lru_cache(maxsize=4)
+def grid_layout(image_size: int) -> tuple[np.ndarray, ...]:
+    """Multi Doors Keys frames of `image_size`: (pixel labels (S, S), strip colours uint8 (8, 3),
+    window cells' flat pixel indices (25, n), an open and a locked door of each colour uint8 (8, n, 3))."""
+    from minigrid.core import constants
+    from minigrid.core.world_object import Door
+    labels = grid.pixel_labels(image_size)
+    cells = np.stack([np.flatnonzero(labels.ravel() == grid.WINDOW + c) for c in range(grid.VIEW ** 2)])
+    colours = np.array([constants.COLORS[c] for c in grid.COLOURS], np.uint8)
+    opened = np.stack([grid.tile_pixels(Door(c, is_open=True), image_size) for c in grid.COLOURS])
+    locked = np.stack([grid.tile_pixels(Door(c, is_locked=True), image_size) for c in grid.COLOURS])
+    return labels, colours, cells, opened, locked
+
+
+def read_doors_keys(group: list[dict], frames: np.ndarray, start: int) -> dict[str, np.ndarray]:
+    """Multi Doors Keys frames (B, T', H, W, C), steps start .. start + T' - 1 of the episodes of
+    `group`, against their recorded state: {'held' bool (B, T'): the strip shows exactly the held
+    keys, 'door' bool (B, T', K): a door is shown in its state, 'door_visible' bool (B, T', K)}."""
+    B, T = frames.shape[:2]
+    labels, colours, cells, opened, locked = grid_layout(frames.shape[-2])
+    truth = {k: np.stack([e[k][start:start + T] for e in group]) for k in ("held", "door_open", "door_color", "cell")}
+    keys = truth["door_open"].shape[-1]
+    doors = np.array([(x, y) for x, y, _ in grid.door_cells(keys)])
+    colour = truth["door_color"].reshape(B * T, keys).astype(np.int64)
+    shown_open, visible = metrics.doors_open(frames.reshape(B * T, *frames.shape[2:]),
+                                             truth["cell"].reshape(B * T, 2), doors, cells,
+                                             opened[colour], locked[colour], view=grid.VIEW)
+    return {"held": (metrics.held_keys(frames, labels, colours) == truth["held"]).all(-1),
+            "door": (shown_open == truth["door_open"].reshape(B * T, keys)).reshape(B, T, keys),
+            "door_visible": visible.reshape(B, T, keys)}
+
+
+def doors_keys_scores(episodes: list[dict], recon: np.ndarray, imag: np.ndarray, context: int,
+                      seen: int) -> tuple[dict, dict]:
+    """Multi Doors Keys (module docstring): reconstructed context frames recon (N, context, ...),
+    imagined frames imag (N, T - seen, ...) -> (summary, curves over the imagination step)."""
+    parts = {"recon": read_doors_keys(episodes, recon, 0), "imagination": read_doors_keys(episodes, imag, seen)}
+    truth = np.stack([e["image"] for e in episodes])  # (N, T, H, W, C)
+    parts["frozen"] = read_doors_keys(episodes, np.repeat(truth[:, seen - 1:seen], imag.shape[1], 1), seen)
+    summary = {}
+    for name, part in parts.items():
+        summary[f"held_acc_{name}"] = float(part["held"].mean())
+        visible = part["door_visible"]
+        summary[f"door_acc_{name}"] = float(part["door"][visible].mean()) if visible.any() else float("nan")
+    part, held = parts["imagination"], np.stack([e["held"][seen:] for e in episodes])
+    is_open = np.stack([e["door_open"][seen:] for e in episodes])  # the blank guess: no key, no door
+    summary["held_acc_blank"] = float((~held.any(-1)).mean())
+    summary["door_acc_blank"] = float(is_open[part["door_visible"]].mean()) if part["door_visible"].any() else float("nan")
+    labels = grid_layout(imag.shape[-2])[0]
+    summary["gen_mse_strip"] = float(metrics.region_mse(imag, truth[:, seen:], (labels >= 0) & (labels < grid.WINDOW)).mean())
+    summary["gen_mse_window"] = float(metrics.region_mse(imag, truth[:, seen:], labels >= grid.WINDOW).mean())
+    shown = part["door_visible"].sum((0, 2))  # (Q',)
+    with np.errstate(invalid="ignore"):
+        door_curve = (part["door"] & part["door_visible"]).sum((0, 2)) / shown
+    curves = {"held_acc": part["held"].mean(0).tolist(),
+              "door_acc": door_curve.tolist()}  # nan where no test episode shows a door
+    return summary, curves
+
+
 def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int, chunk: int,
-                    device, revisit: bool) -> tuple[dict, dict, np.ndarray]:
+                    device, revisit: bool, doors_keys: bool = False) -> tuple[dict, dict, np.ndarray]:
     """Rooms and Multi Doors Keys (all episodes the same length). Returns (summary of scalar
     means, curves over the imagination step, prediction of episode 0 as uint8 (T, H, W, C):
-    reconstructed context, observed query frames (their reconstruction), imagined frames)."""
+    reconstructed context, observed query frames (their reconstruction), imagined frames).
+    doors_keys: add the held-key and door scores (doors_keys_scores)."""
     context = _context_length(episodes[0])
-    per_frame, recon_mse, revisit_err, video = [], [], [], None
+    per_frame, recon_mse, revisit_err, video, kept = [], [], [], None, []
     for s in range(0, len(episodes), batch):
         group = episodes[s:s + batch]
         truth = np.stack([e["image"] for e in group])  # (B, T, H, W, C)
@@ -84,12 +155,18 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
                     revisit_err.append(per_frame[-1]["mse"][b][mask].mean())
         if video is None:  # reconstructed context and observed query frames, then imagined ones
             video = np.concatenate([recon[0], imag[0]], 0)
+        if doors_keys:
+            kept.append((recon[:, :context], imag))
     scores = {k: np.concatenate([p[k] for p in per_frame], 0) for k in per_frame[0]}  # (N, Q')
     summary = {"recon_mse": float(np.concatenate(recon_mse).mean())}
     summary.update({f"gen_{k}": float(v.mean()) for k, v in scores.items()})
     if revisit:
         summary["gen_mse_revisit"] = float(np.mean(revisit_err)) if revisit_err else float("nan")
     curves = {k: v.mean(0).tolist() for k, v in scores.items()}
+    if doors_keys:
+        more, more_curves = doors_keys_scores(episodes, *(np.concatenate(k, 0) for k in zip(*kept)),
+                                              context, context + query_observe)
+        summary, curves = {**summary, **more}, {**curves, **more_curves}
     return summary, curves, video
 
 
@@ -146,7 +223,8 @@ def evaluate(wm, episodes: list[dict], env: str, *, query_observe: int, batch: i
                                           device=device, updates=probe_updates, seed=seed))
             return summary, curves, video
         summary, curves, video = evaluate_frames(wm, episodes, query_observe=query_observe, batch=batch,
-                                                 chunk=chunk, device=device, revisit=teleport)
+                                                 chunk=chunk, device=device, revisit=teleport,
+                                                 doors_keys=env == "multi_doors_keys")
         if env == "memory_maze":
             if not probe_train:
                 raise ValueError("memory maze evaluation needs training episodes for the probes")

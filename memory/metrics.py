@@ -13,6 +13,12 @@ Images are compared on [0, 1] (uint8 / 255), RGB, per frame:
 The paper does not state its MSE normalisation; our tables report `mse` (per pixel) and the
 docs give mse_sum for comparison (summed over a frame: 12288 * mse at 64x64x3, 768 * mse at 16x16x3).
 
+Multi Doors Keys [ours]: what an (imagined) frame shows of the two things the paper says the model
+must keep track of, read back from its pixels. The held-keys strip: slot i is read as held when its
+mean colour is nearer the slot's key colour than black (`held_keys`). A door in the 5x5 window: read
+as open when its cell's pixels are nearer those of an open door of its colour than a locked one
+(`doors_open`; the pixel layout comes from envs.gridmemory.pixel_labels / tile_pixels).
+
 Reward prediction (Distracting Memory): the predicted reward at the recorded decision step (the step
 onto an end square, dataset key `reward_step`) is classified as rewarded when it exceeds 0.5 and
 compared with the recorded reward there; accuracy = fraction of episodes classified right.
@@ -87,6 +93,39 @@ def image_scores(pred, truth) -> dict[str, np.ndarray]:
     """All image scores of frames (..., H, W, C): {'mse', 'mse_sum', 'psnr', 'ssim'} each (...)."""
     return {"mse": mse(pred, truth), "mse_sum": mse_sum(pred, truth), "psnr": psnr(pred, truth),
             "ssim": ssim(pred, truth)}
+
+
+def region_mse(pred, truth, mask) -> np.ndarray:
+    """(..., H, W, C) -> (...): mean squared error on [0, 1] over the pixels where mask (H, W) is True."""
+    diff = to_unit(pred)[..., mask, :] - to_unit(truth)[..., mask, :]
+    return np.mean(diff * diff, axis=(-2, -1))
+
+
+def held_keys(frames, labels, colours) -> np.ndarray:
+    """frames uint8 (..., H, W, 3), labels (H, W) with strip slot i marked i, colours (K, 3) RGB of
+    the slots -> bool (..., K): slot i read as held (mean colour nearer colours[i] than black)."""
+    f, out = to_unit(frames), []
+    for i, rgb in enumerate(np.asarray(colours, np.float64) / 255.0):
+        mean = f[..., labels == i, :].mean(-2)  # (..., 3)
+        out.append(((mean - rgb) ** 2).sum(-1) < (mean ** 2).sum(-1))
+    return np.stack(out, -1)
+
+
+def doors_open(frames, agent, doors, cells, opened, locked, view: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Which doors a frame shows open, and which it shows at all.
+    frames uint8 (N, H, W, 3); agent int (N, 2): the agent's cell (x, y), at the window's centre;
+    doors int (K, 2): each door's cell; cells int (view * view, n): the flat pixel indices of window
+    cell dx + view * dy; opened, locked uint8 (N, K, n, 3): each door's pixels when open / locked.
+    Returns (open bool (N, K): the pixels nearer the open door's, visible bool (N, K): the door is in
+    the window; `open` is meaningless where not visible)."""
+    N, H, W, C = frames.shape
+    d = np.asarray(doors)[None] - np.asarray(agent)[:, None] + view // 2  # (N, K, 2): window cell
+    visible = ((d >= 0) & (d < view)).all(-1)
+    index = np.where(visible, d[..., 0] + view * d[..., 1], 0)  # (N, K)
+    pixels = to_unit(frames.reshape(N, H * W, C)[np.arange(N)[:, None, None], cells[index]])  # (N, K, n, C)
+    to_open = ((pixels - to_unit(opened)) ** 2).sum((-2, -1))
+    to_locked = ((pixels - to_unit(locked)) ** 2).sum((-2, -1))
+    return to_open < to_locked, visible
 
 
 def decision_step(reward_step) -> int:

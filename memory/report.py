@@ -18,7 +18,8 @@ The dataset is made once (memory.out, default datasets/<name>; episodes drawn fr
 the run seeds) and shared by every cell.
 Writes <out>/report.md (table: mean +- standard error over seeds of every eval/metrics.json summary
 value; Distracting Memory: the perception gate, a memory score counts only where the model reads the
-cue colour from the first frame at least PERCEPTION_GATE of the time; the cost of every cell),
+cue colour from the first frame at least PERCEPTION_GATE of the time, Multi Doors Keys: only where
+its reconstructions show the held keys and doors right that often; the cost of every cell),
 <out>/report.json, <out>/progress.png and tables (the headline scores, PROGRESS, at every periodic
 evaluation: mean +- standard error over seeds vs update, chance dashed: is a memory score still
 rising where training stopped?), <out>/loss.png (training loss vs update, one line per cell),
@@ -48,12 +49,15 @@ CURVES = {  # metric -> (y label, x label, index of the first value: imagination
     "wall_acc": ("probe: wall accuracy (higher is better)", "episode step (observed)", 0),
     "object_mse": ("probe: object position error, cells² (lower is better)", "episode step (observed)", 0),
     "behind_acc": ("probe: walls behind the agent, accuracy", "episode step (observed)", 0),
+    "held_acc": ("frames showing exactly the held keys", "imagination step", 1),
+    "door_acc": ("doors in view shown in their state", "imagination step", 1),
 }
 # The headline scores, followed over training (eval/metrics_<updates>.json): metric -> (chance
 # level, its name), "colours" (one of the cue colours) or None. A reward accuracy's coin flip is not
 # the constant predictor's score, which is the test set's share of one outcome (docs/memory.md). Whether a memory score is still rising is what says if a budget was enough.
 PROGRESS = {"reward_acc_inference": (0.5, "coin flip"), "reward_acc_imagination": (0.5, "coin flip"),
-            "cue_acc_hallway_end": "colours", "gen_mse": None, "recon_mse": None}
+            "cue_acc_hallway_end": "colours", "held_acc_imagination": None,
+            "door_acc_imagination": None, "gen_mse": None, "recon_mse": None}
 
 
 def _read_json(path: pathlib.Path) -> dict:
@@ -117,8 +121,11 @@ def table(results: dict[str, list[dict]]) -> list[str]:
 
 def perception_gate(results: dict[str, list[dict]]) -> list[str]:
     """Distracting Memory: per backbone and seed, is the cue colour read from the first frame (cue in
-    view) at least PERCEPTION_GATE of the time? A reward or cue-memory score of a cell that fails
-    this measures perception, not memory, and does not count. [] when there is no cue probe."""
+    view) at least PERCEPTION_GATE of the time? Multi Doors Keys: do the reconstructed context frames
+    show the held keys and the doors in view right at least that often? A memory score of a cell
+    that fails this measures perception, not memory, and does not count. [] when neither applies."""
+    if any("held_acc_recon" in r["summary"] for rs in results.values() for r in rs):
+        return doors_keys_gate(results)
     if not any("cue_acc_start" in r["summary"] for rs in results.values() for r in rs):
         return []
     lines = [f"Perception gate: a memory score counts only where the cue colour probe at the first "
@@ -214,6 +221,21 @@ def progress(logdirs: dict[str, dict[str, pathlib.Path]]) -> dict[str, dict[str,
                           for u in evaluated_at(logdir)}
                    for seed, logdir in seeds.items()}
             for name, seeds in logdirs.items()}
+
+
+def doors_keys_gate(results: dict[str, list[dict]]) -> list[str]:
+    """Multi Doors Keys' perception gate (perception_gate): the reconstructions of observed frames."""
+    lines = [f"Perception gate: the held-key and door scores of imagination count only where the "
+             f"reconstructed context frames show the held keys and the doors in view right at least "
+             f"{100 * PERCEPTION_GATE:.0f}% of the time (held_acc_recon, door_acc_recon).", "",
+             "| backbone | seed | held keys, context | doors, context | memory scores count |",
+             "|---|---|---|---|---|"]
+    for name, rs in results.items():
+        for r in rs:
+            held, door = (r["summary"].get(k, float("nan")) for k in ("held_acc_recon", "door_acc_recon"))
+            ok = "yes" if min(held, door) >= PERCEPTION_GATE else "**no**: perception fails first"
+            lines.append(f"| {name} | {r.get('seed', '?')} | {100 * held:.1f}% | {100 * door:.1f}% | {ok} |")
+    return lines
 
 
 def common_budgets(seeds: dict[str, dict[int, dict]]) -> list[int]:
@@ -363,7 +385,8 @@ def plot_loss(logdirs: dict[str, pathlib.Path], title: str, out: pathlib.Path) -
 
 
 def _fmt(value: float, key: str) -> str:
-    if key.startswith(("reward_acc", "cue_acc", "probe_wall_acc", "probe_local_acc", "probe_behind_acc")):
+    if key.startswith(("reward_acc", "cue_acc", "probe_wall_acc", "probe_local_acc", "probe_behind_acc",
+                       "held_acc", "door_acc")):
         return f"{100 * value:.1f}%"
     if "mse_sum" in key or "psnr" in key or key.startswith("probe_object"):
         return f"{value:.2f}"
@@ -521,7 +544,10 @@ def main(argv=None) -> None:
              "MSE per pixel on [0, 1]; mse_sum summed over a frame (H x W x 3 values: 12288 at "
              "64x64, 768 at 16x16); PSNR in dB; reward accuracies at the recorded decision step "
              "(memory/metrics.py); cue_acc_* and probe_* are probes on the frozen model's features "
-             "(memory/probe.py).", "",
+             "(memory/probe.py); held_acc_* and door_acc_* are the held keys and the doors in view "
+             "read back from the frames' pixels, in the reconstructed context, the imagined query and "
+             "the 'frozen' guess (the last observed frame kept through the query) and the 'blank' one "
+             "(no key drawn, every door drawn open; memory/evaluate.py).", "",
              *perception_gate(results), "", *causal_tests(logdirs), *progress_lines, *cost(results), ""]
     if walls:
         lines += ["| cell | wall time (this call) |", "|---|---|"]

@@ -159,6 +159,8 @@ def test_offline_multi_doors_keys_end_to_end(tmp_path, backbone):
     assert {"recon_mse", "gen_mse", "gen_mse_sum", "gen_psnr", "gen_ssim"} <= set(s)
     assert 0 <= s["gen_mse"] <= 1 and s["gen_mse_sum"] == pytest.approx(s["gen_mse"] * 64 * 64 * 3)
     assert len(result["curves"]["mse"]) == 12  # one value per imagined query frame
+    read = [f"{k}_{part}" for k in ("held_acc", "door_acc") for part in ("recon", "imagination", "frozen")]
+    assert all(0 <= s[k] <= 1 or np.isnan(s[k]) for k in read) and len(result["curves"]["held_acc"]) == 12
     videos = list((run / "videos").glob("eval_imagination_*.mp4"))
     assert videos
     import imageio.v2 as imageio
@@ -194,7 +196,9 @@ def test_report_writes_table_plots_and_video(tmp_path):
     assert "| rssm |" in text and "| s4wm |" in text
     assert "| rssm seed 0 | 1 |" in text  # the cost table: updates and training time per cell
     assert "reward_acc" not in text and "gen_mse by updates" in text  # one evaluation per cell
-    for name in ("loss.png", "mse.png", "psnr.png", "ssim.png", "imagination.mp4", "imagination.png"):
+    assert "| held keys, context | doors, context |" in text  # Multi Doors Keys' perception gate
+    for name in ("loss.png", "mse.png", "psnr.png", "ssim.png", "held_acc.png", "imagination.mp4",
+                 "imagination.png"):
         assert (out / name).stat().st_size > 0
     import imageio.v2 as imageio
     frame = imageio.mimread(out / "imagination.mp4", memtest=False)[0]
