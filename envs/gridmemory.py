@@ -41,6 +41,7 @@ closes. info: 'held' (bool (8,) by colour), 'door_open' (bool (keys,)), 'door_co
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import gymnasium
@@ -53,7 +54,7 @@ from minigrid.minigrid_env import MiniGridEnv
 
 from envs.wrappers import OneHotAction
 
-TILE, VIEW, STRIP = 12, 5, 4           # px per cell, cells per window side, strip rows
+TILE, VIEW, STRIP, MARGIN = 12, 5, 4, 2  # px per cell, cells per window side, strip rows, black columns left
 # MiniGrid has six colours; 7 keys need 7 distinct ones, so three are added to minigrid's tables
 # (additive: existing colours keep their indices). Grey is left out: it is the walls' colour.
 _EXTRA = {"orange": (255, 128, 0), "cyan": (0, 220, 220), "pink": (255, 105, 180)}
@@ -149,7 +150,7 @@ class GridMemoryEnv(MiniGridEnv):
                 obj = self.grid.get(x, y) if inside else _WALL
                 centre = dx == dy == VIEW // 2
                 tile = Grid.render_tile(obj, agent_dir=self.agent_dir if centre else None, tile_size=TILE)
-                top, left = STRIP + dy * TILE, 2 + dx * TILE
+                top, left = cell_box(dx, dy)
                 image[top:top + TILE, left:left + TILE] = tile  # (12, 12, 3) tiles, cached by minigrid
         return _resize(image, self.image_size)
 
@@ -171,29 +172,59 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.NEAREST))
 
 
+def cell_box(dx: int, dy: int) -> tuple[int, int]:
+    """(top, left) of window cell (dx, dy) in the 64x64 drawing (TILE x TILE pixels)."""
+    return STRIP + dy * TILE, MARGIN + dx * TILE
+
+
 def pixel_labels(image_size: int) -> np.ndarray:
     """int (image_size, image_size): what each pixel of an observation shows: slot i of the
     held-keys strip -> i, window cell (dx, dy) -> WINDOW + dy * VIEW + dx (dx right, dy down; the
     agent at (VIEW // 2, VIEW // 2)), the black margins -> -1. Drawn at 64x64 and resized as
-    render_view resizes, so it holds at every image size (16: 2 px per slot, 3x3 per cell)."""
+    render_view resizes (16: 2 px per slot, 3x3 per cell)."""
     labels = np.full((64, 64), 255, np.uint8)
     for i in range(len(COLOURS)):
         labels[:STRIP, 8 * i:8 * i + 8] = i
     for dy in range(VIEW):
         for dx in range(VIEW):
-            top, left = STRIP + dy * TILE, 2 + dx * TILE
+            top, left = cell_box(dx, dy)
             labels[top:top + TILE, left:left + TILE] = WINDOW + dy * VIEW + dx
     out = _resize(np.repeat(labels[..., None], 3, -1), image_size)[..., 0].astype(np.int64)
     out[out == 255] = -1
     return out
 
 
-def tile_pixels(obj, image_size: int) -> np.ndarray:
-    """uint8 (n, 3): the pixels of a window cell showing `obj` (a minigrid WorldObj, None: floor)
-    in an observation of `image_size`, in the row-major order of its pixel_labels mask."""
-    image = np.zeros((64, 64, 3), np.uint8)
-    image[STRIP:STRIP + TILE, 2:2 + TILE] = Grid.render_tile(obj, tile_size=TILE)
-    return _resize(image, image_size)[pixel_labels(image_size) == WINDOW]
+@functools.lru_cache(maxsize=4)
+def read_layout(image_size: int) -> tuple[np.ndarray, ...]:
+    """What reading Multi Doors Keys frames of `image_size` back needs (memory/evaluate.py), read-only:
+    (pixel_labels (S, S), the strip slots' colours uint8 (8, 3), each window cell's flat pixel indices
+    (VIEW * VIEW, n), an open and a locked door of each colour as a cell's pixels uint8 (8, n, 3)).
+    ValueError where the cells are not drawn alike at this size (e.g. 8 px: 1.5 px per cell), so
+    one cell's pixels cannot stand for another's."""
+    labels = pixel_labels(image_size)
+    cells = [np.flatnonzero(labels.ravel() == WINDOW + c) for c in range(VIEW * VIEW)]
+    probe = np.zeros((64, 64, 3), np.uint8)  # a tile with detail in every corner, in every cell
+    tile = Grid.render_tile(Key("red"), agent_dir=0, tile_size=TILE)
+    for dy in range(VIEW):
+        for dx in range(VIEW):
+            top, left = cell_box(dx, dy)
+            probe[top:top + TILE, left:left + TILE] = tile
+    flat = _resize(probe, image_size).reshape(-1, 3)
+    if any(len(c) != len(cells[0]) or not np.array_equal(flat[c], flat[cells[0]]) for c in cells) \
+            or not all((labels == i).any() for i in range(len(COLOURS))):
+        raise ValueError(f"multi_doors_keys frames of {image_size} px draw the window's cells unalike "
+                         f"(3 px per cell at 16, 32 and 64 px work)")
+
+    def drawn(obj) -> np.ndarray:  # (n, 3): a cell showing obj
+        image = np.zeros((64, 64, 3), np.uint8)
+        image[STRIP:STRIP + TILE, MARGIN:MARGIN + TILE] = Grid.render_tile(obj, tile_size=TILE)
+        return _resize(image, image_size).reshape(-1, 3)[cells[0]]
+    out = (labels, np.array([constants.COLORS[c] for c in COLOURS], np.uint8), np.stack(cells),
+           np.stack([drawn(Door(c, is_open=True)) for c in COLOURS]),
+           np.stack([drawn(Door(c, is_locked=True)) for c in COLOURS]))
+    for array in out:
+        array.setflags(write=False)
+    return out
 
 
 def door_cells(keys: int) -> list[tuple[int, int, int]]:

@@ -99,6 +99,9 @@ class Spec:
         for key in ("width", "keys", "context", "query", "episodes", "workers"):
             if m[key] < 1:
                 raise ConfigError(f"config key 'memory.{key}' must be >= 1, got {m[key]}")
+        if m.env == "multi_doors_keys" and config.env.image_size < 16:  # gridmemory.read_layout
+            raise ConfigError(f"config key 'env.image_size' must be at least 16 for multi_doors_keys "
+                              f"(its 5x5 window needs 3 px per cell), got {config.env.image_size}")
         if m.env == "memory_maze":
             from envs.memorymaze import SIZES, STEPS
             if m.maze not in SIZES:

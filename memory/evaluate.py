@@ -30,8 +30,6 @@ episode of any length fits in memory.
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
@@ -74,26 +72,13 @@ def _context_length(episode: dict) -> int:
     return int(np.sum(episode["phase"] == 0))
 
 
-@functools.lru_cache(maxsize=4)
-def grid_layout(image_size: int) -> tuple[np.ndarray, ...]:
-    """Multi Doors Keys frames of `image_size`: (pixel labels (S, S), strip colours uint8 (8, 3),
-    window cells' flat pixel indices (25, n), an open and a locked door of each colour uint8 (8, n, 3))."""
-    from minigrid.core import constants
-    from minigrid.core.world_object import Door
-    labels = grid.pixel_labels(image_size)
-    cells = np.stack([np.flatnonzero(labels.ravel() == grid.WINDOW + c) for c in range(grid.VIEW ** 2)])
-    colours = np.array([constants.COLORS[c] for c in grid.COLOURS], np.uint8)
-    opened = np.stack([grid.tile_pixels(Door(c, is_open=True), image_size) for c in grid.COLOURS])
-    locked = np.stack([grid.tile_pixels(Door(c, is_locked=True), image_size) for c in grid.COLOURS])
-    return labels, colours, cells, opened, locked
-
-
 def read_doors_keys(group: list[dict], frames: np.ndarray, start: int) -> dict[str, np.ndarray]:
     """Multi Doors Keys frames (B, T', H, W, C), steps start .. start + T' - 1 of the episodes of
     `group`, against their recorded state: {'held' bool (B, T'): the strip shows exactly the held
-    keys, 'door' bool (B, T', K): a door is shown in its state, 'door_visible' bool (B, T', K)}."""
+    keys, 'door' bool (B, T', K): a door is shown in its state (meaningless where not visible),
+    'visible' bool (B, T', K): the door's cell is in the window, by the recorded agent cell}."""
     B, T = frames.shape[:2]
-    labels, colours, cells, opened, locked = grid_layout(frames.shape[-2])
+    labels, colours, cells, opened, locked = grid.read_layout(frames.shape[-2])
     truth = {k: np.stack([e[k][start:start + T] for e in group]) for k in ("held", "door_open", "door_color", "cell")}
     keys = truth["door_open"].shape[-1]
     doors = np.array([(x, y) for x, y, _ in grid.door_cells(keys)])
@@ -101,35 +86,49 @@ def read_doors_keys(group: list[dict], frames: np.ndarray, start: int) -> dict[s
     shown_open, visible = metrics.doors_open(frames.reshape(B * T, *frames.shape[2:]),
                                              truth["cell"].reshape(B * T, 2), doors, cells,
                                              opened[colour], locked[colour], view=grid.VIEW)
-    return {"held": (metrics.held_keys(frames, labels, colours) == truth["held"]).all(-1),
-            "door": (shown_open == truth["door_open"].reshape(B * T, keys)).reshape(B, T, keys),
-            "door_visible": visible.reshape(B, T, keys)}
+    held = metrics.held_keys(frames, labels, colours) == truth["held"]  # (B, T', 8)
+    door = shown_open == truth["door_open"].reshape(B * T, keys)
+    return {"held": held.all(-1), "door": door.reshape(B, T, keys), "visible": visible.reshape(B, T, keys)}
 
 
-def doors_keys_scores(episodes: list[dict], recon: np.ndarray, imag: np.ndarray, context: int,
-                      seen: int) -> tuple[dict, dict]:
-    """Multi Doors Keys (module docstring): reconstructed context frames recon (N, context, ...),
-    imagined frames imag (N, T - seen, ...) -> (summary, curves over the imagination step)."""
-    parts = {"recon": read_doors_keys(episodes, recon, 0), "imagination": read_doors_keys(episodes, imag, seen)}
-    truth = np.stack([e["image"] for e in episodes])  # (N, T, H, W, C)
-    parts["frozen"] = read_doors_keys(episodes, np.repeat(truth[:, seen - 1:seen], imag.shape[1], 1), seen)
+def doors_keys_scores(group: list[dict], recon: np.ndarray, imag: np.ndarray, seen: int) -> dict[str, np.ndarray]:
+    """Multi Doors Keys, per episode of `group`: the reconstructed context frames recon (B, context,
+    ...) and the imagined ones imag (B, T - seen, ...) read back (read_doors_keys), and the two
+    guesses scored from the recorded arrays: 'frozen' (the keys and doors of step seen - 1 kept
+    through the query) and 'blank' (no key in the strip; every door drawn as a black cell, which
+    reads as open). Per-frame arrays, (B, ...) each; doors_keys_summary averages them."""
+    context, imagined = read_doors_keys(group, recon, 0), read_doors_keys(group, imag, seen)
+    held = np.stack([e["held"][seen - 1:] for e in group])  # (B, 1 + Q', 8): the last seen, the query
+    is_open = np.stack([e["door_open"][seen - 1:] for e in group])  # (B, 1 + Q', K)
+    labels = grid.read_layout(imag.shape[-2])[0]
+    truth = np.stack([e["image"][seen:] for e in group])
+    return {"held_recon": context["held"], "door_recon": context["door"], "visible_recon": context["visible"],
+            "held_imagination": imagined["held"], "door_imagination": imagined["door"],
+            "visible": imagined["visible"],
+            "held_frozen": (held[:, 1:] == held[:, :1]).all(-1), "door_frozen": is_open[:, 1:] == is_open[:, :1],
+            "held_blank": ~held[:, 1:].any(-1), "door_blank": is_open[:, 1:],
+            "mse_strip": metrics.region_mse(imag, truth, (labels >= 0) & (labels < grid.WINDOW)),
+            "mse_window": metrics.region_mse(imag, truth, labels >= grid.WINDOW)}
+
+
+def _visible_mean(correct: np.ndarray, visible: np.ndarray, axis=None) -> np.ndarray | float:
+    """Mean of `correct` over the visible entries (along `axis`, or all); nan where none is visible."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (correct & visible).sum(axis) / visible.sum(axis)
+
+
+def doors_keys_summary(scores: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """doors_keys_scores of every test episode (concatenated) -> (summary, curves over the
+    imagination step; door_acc is nan at a step where no test episode shows a door)."""
     summary = {}
-    for name, part in parts.items():
-        summary[f"held_acc_{name}"] = float(part["held"].mean())
-        visible = part["door_visible"]
-        summary[f"door_acc_{name}"] = float(part["door"][visible].mean()) if visible.any() else float("nan")
-    part, held = parts["imagination"], np.stack([e["held"][seen:] for e in episodes])
-    is_open = np.stack([e["door_open"][seen:] for e in episodes])  # the blank guess: no key, no door
-    summary["held_acc_blank"] = float((~held.any(-1)).mean())
-    summary["door_acc_blank"] = float(is_open[part["door_visible"]].mean()) if part["door_visible"].any() else float("nan")
-    labels = grid_layout(imag.shape[-2])[0]
-    summary["gen_mse_strip"] = float(metrics.region_mse(imag, truth[:, seen:], (labels >= 0) & (labels < grid.WINDOW)).mean())
-    summary["gen_mse_window"] = float(metrics.region_mse(imag, truth[:, seen:], labels >= grid.WINDOW).mean())
-    shown = part["door_visible"].sum((0, 2))  # (Q',)
-    with np.errstate(invalid="ignore"):
-        door_curve = (part["door"] & part["door_visible"]).sum((0, 2)) / shown
-    curves = {"held_acc": part["held"].mean(0).tolist(),
-              "door_acc": door_curve.tolist()}  # nan where no test episode shows a door
+    for part in ("recon", "imagination", "frozen", "blank"):
+        visible = scores["visible_recon"] if part == "recon" else scores["visible"]
+        summary[f"held_acc_{part}"] = float(scores[f"held_{part}"].mean())
+        summary[f"door_acc_{part}"] = float(_visible_mean(scores[f"door_{part}"], visible))
+    summary["gen_mse_strip"] = float(scores["mse_strip"].mean())
+    summary["gen_mse_window"] = float(scores["mse_window"].mean())
+    curves = {"held_acc": scores["held_imagination"].mean(0).tolist(),
+              "door_acc": _visible_mean(scores["door_imagination"], scores["visible"], (0, 2)).tolist()}
     return summary, curves
 
 
@@ -138,9 +137,9 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
     """Rooms and Multi Doors Keys (all episodes the same length). Returns (summary of scalar
     means, curves over the imagination step, prediction of episode 0 as uint8 (T, H, W, C):
     reconstructed context, observed query frames (their reconstruction), imagined frames).
-    doors_keys: add the held-key and door scores (doors_keys_scores)."""
+    doors_keys: add the held-key and door scores (doors_keys_scores, doors_keys_summary)."""
     context = _context_length(episodes[0])
-    per_frame, recon_mse, revisit_err, video, kept = [], [], [], None, []
+    per_frame, recon_mse, revisit_err, video, read = [], [], [], None, []
     for s in range(0, len(episodes), batch):
         group = episodes[s:s + batch]
         truth = np.stack([e["image"] for e in group])  # (B, T, H, W, C)
@@ -156,7 +155,7 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
         if video is None:  # reconstructed context and observed query frames, then imagined ones
             video = np.concatenate([recon[0], imag[0]], 0)
         if doors_keys:
-            kept.append((recon[:, :context], imag))
+            read.append(doors_keys_scores(group, recon[:, :context], imag, seen))
     scores = {k: np.concatenate([p[k] for p in per_frame], 0) for k in per_frame[0]}  # (N, Q')
     summary = {"recon_mse": float(np.concatenate(recon_mse).mean())}
     summary.update({f"gen_{k}": float(v.mean()) for k, v in scores.items()})
@@ -164,8 +163,7 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
         summary["gen_mse_revisit"] = float(np.mean(revisit_err)) if revisit_err else float("nan")
     curves = {k: v.mean(0).tolist() for k, v in scores.items()}
     if doors_keys:
-        more, more_curves = doors_keys_scores(episodes, *(np.concatenate(k, 0) for k in zip(*kept)),
-                                              context, context + query_observe)
+        more, more_curves = doors_keys_summary({k: np.concatenate([r[k] for r in read]) for k in read[0]})
         summary, curves = {**summary, **more}, {**curves, **more_curves}
     return summary, curves, video
 

@@ -97,16 +97,16 @@ def image_scores(pred, truth) -> dict[str, np.ndarray]:
 
 def region_mse(pred, truth, mask) -> np.ndarray:
     """(..., H, W, C) -> (...): mean squared error on [0, 1] over the pixels where mask (H, W) is True."""
-    diff = to_unit(pred)[..., mask, :] - to_unit(truth)[..., mask, :]
+    diff = to_unit(np.asarray(pred)[..., mask, :]) - to_unit(np.asarray(truth)[..., mask, :])
     return np.mean(diff * diff, axis=(-2, -1))
 
 
 def held_keys(frames, labels, colours) -> np.ndarray:
     """frames uint8 (..., H, W, 3), labels (H, W) with strip slot i marked i, colours (K, 3) RGB of
     the slots -> bool (..., K): slot i read as held (mean colour nearer colours[i] than black)."""
-    f, out = to_unit(frames), []
+    frames, out = np.asarray(frames), []
     for i, rgb in enumerate(np.asarray(colours, np.float64) / 255.0):
-        mean = f[..., labels == i, :].mean(-2)  # (..., 3)
+        mean = to_unit(frames[..., labels == i, :]).mean(-2)  # (..., 3)
         out.append(((mean - rgb) ** 2).sum(-1) < (mean ** 2).sum(-1))
     return np.stack(out, -1)
 

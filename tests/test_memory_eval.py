@@ -988,3 +988,40 @@ def test_a_cell_is_finished_at_its_budget_or_at_a_plateau_recomputed_from_its_lo
     (cell / "checkpoint.pt").write_bytes(b"")
     assert finished(cell, flat.offline) is None  # with its checkpoint the run decides for itself
     assert cell_state(args, "rssm", "0", cell, ["--offline.updates", "16"])[0] == "train"
+
+
+def test_multi_doors_keys_scores_and_guesses():
+    """evaluate.doors_keys_scores / doors_keys_summary with 10 observed query frames (context 50,
+    seen 60): the true frames score 1 everywhere, a blanked strip only in the strip's scores, black
+    frames exactly the blank guess, and the frozen guess equals its definition on the arrays."""
+    from memory import evaluate
+    from tests.test_memory_envs import doors_keys_episodes
+    episodes = doors_keys_episodes(3, 16, count=4)
+    frames = np.stack([e["image"] for e in episodes])  # (4, 120, 16, 16, 3)
+    context, seen = 50, 60
+    held = np.stack([e["held"][seen:] for e in episodes])  # (4, 60, 8)
+    is_open = np.stack([e["door_open"] for e in episodes])  # (4, 120, 3)
+
+    def summary(imag):
+        return evaluate.doors_keys_summary(evaluate.doors_keys_scores(episodes, frames[:, :context], imag, seen))
+    truth, curves = summary(frames[:, seen:])
+    assert truth["held_acc_recon"] == truth["door_acc_recon"] == truth["held_acc_imagination"] == 1.0
+    assert truth["door_acc_imagination"] == 1.0 and truth["gen_mse_strip"] == truth["gen_mse_window"] == 0
+    door_curve = np.array(curves["door_acc"])
+    assert curves["held_acc"] == [1.0] * 60 and (door_curve[np.isfinite(door_curve)] == 1).all()
+
+    strip = frames[:, seen:].copy()
+    strip[:, :, 0] = 0  # 16 px: row 0 is the strip
+    blanked, _ = summary(strip)
+    assert blanked["gen_mse_window"] == 0 < blanked["gen_mse_strip"] and blanked["door_acc_imagination"] == 1
+    assert blanked["held_acc_imagination"] == pytest.approx((~held.any(-1)).mean())
+
+    black, curves = summary(np.zeros_like(frames[:, seen:]))  # no key drawn, every door reads open
+    assert black["held_acc_imagination"] == truth["held_acc_blank"] == pytest.approx((~held.any(-1)).mean())
+    assert black["door_acc_imagination"] == truth["door_acc_blank"] < 1
+    visible = evaluate.read_doors_keys(episodes, frames[:, seen:], seen)["visible"]
+    frozen = (is_open[:, seen:] == is_open[:, seen - 1:seen])[visible].mean()
+    assert truth["door_acc_frozen"] == pytest.approx(frozen) and truth["held_acc_frozen"] == pytest.approx(
+        (held == np.stack([e["held"][seen - 1] for e in episodes])[:, None]).all(-1).mean())
+    assert truth["held_acc_frozen"] < 1 and frozen < 1  # keys and doors change in the query
+
