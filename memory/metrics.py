@@ -17,7 +17,7 @@ Multi Doors Keys [ours]: what an (imagined) frame shows of the two things the pa
 must keep track of, read back from its pixels. The held-keys strip: slot i is read as held when its
 mean colour is nearer the slot's key colour than black (`held_keys`). A door in the 5x5 window: read
 as open when its cell's pixels are nearer those of an open door of its colour than a locked one
-(`doors_open`; the pixel layout comes from envs.gridmemory.pixel_labels / tile_pixels).
+(`doors_open`; the pixel layout and the door pixels come from envs.gridmemory.read_layout).
 
 Reward prediction (Distracting Memory): the predicted reward at the recorded decision step (the step
 onto an end square, dataset key `reward_step`) is classified as rewarded when it exceeds 0.5 and

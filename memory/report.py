@@ -145,6 +145,24 @@ def perception_gate(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def doors_keys_gate(results: dict[str, list[dict]]) -> list[str]:
+    """Multi Doors Keys' perception gate (perception_gate): the reconstructions of observed frames."""
+    lines = [f"Perception gate: the held-key and door scores of imagination count only where the "
+             f"reconstructed context frames show the held keys and the doors in view right at least "
+             f"{100 * PERCEPTION_GATE:.0f}% of the time (held_acc_recon, door_acc_recon).", "",
+             "| backbone | seed | held keys, context | doors, context | memory scores count |",
+             "|---|---|---|---|---|"]
+    for name, rs in results.items():
+        for r in rs:
+            scores = [r["summary"].get(k, float("nan")) for k in ("held_acc_recon", "door_acc_recon")]
+            measured = [v for v in scores if np.isfinite(v)]  # no door in view in the context: nan
+            ok = ("not measured" if not measured else "yes" if min(measured) >= PERCEPTION_GATE
+                  else "**no**: perception fails first")
+            shown = [f"{100 * v:.1f}%" if np.isfinite(v) else "not measured" for v in scores]
+            lines.append(f"| {name} | {r.get('seed', '?')} | {shown[0]} | {shown[1]} | {ok} |")
+    return lines
+
+
 def _causal_rows(logdirs: dict[str, pathlib.Path], name: str, row) -> list[str]:
     """One table row per cell that has eval/<name>: row(result dict) -> the row's cells after the
     cell's name; a file without the keys a row needs stops with one line."""
@@ -221,24 +239,6 @@ def progress(logdirs: dict[str, dict[str, pathlib.Path]]) -> dict[str, dict[str,
                           for u in evaluated_at(logdir)}
                    for seed, logdir in seeds.items()}
             for name, seeds in logdirs.items()}
-
-
-def doors_keys_gate(results: dict[str, list[dict]]) -> list[str]:
-    """Multi Doors Keys' perception gate (perception_gate): the reconstructions of observed frames."""
-    lines = [f"Perception gate: the held-key and door scores of imagination count only where the "
-             f"reconstructed context frames show the held keys and the doors in view right at least "
-             f"{100 * PERCEPTION_GATE:.0f}% of the time (held_acc_recon, door_acc_recon).", "",
-             "| backbone | seed | held keys, context | doors, context | memory scores count |",
-             "|---|---|---|---|---|"]
-    for name, rs in results.items():
-        for r in rs:
-            scores = [r["summary"].get(k, float("nan")) for k in ("held_acc_recon", "door_acc_recon")]
-            measured = [v for v in scores if np.isfinite(v)]  # no door in view in the context: nan
-            ok = ("not measured" if not measured else "yes" if min(measured) >= PERCEPTION_GATE
-                  else "**no**: perception fails first")
-            shown = [f"{100 * v:.1f}%" if np.isfinite(v) else "not measured" for v in scores]
-            lines.append(f"| {name} | {r.get('seed', '?')} | {shown[0]} | {shown[1]} | {ok} |")
-    return lines
 
 
 def common_budgets(seeds: dict[str, dict[int, dict]]) -> list[int]:
