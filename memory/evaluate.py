@@ -91,9 +91,11 @@ def read_doors_keys(group: list[dict], frames: np.ndarray, start: int) -> dict[s
     return {"held": held.all(-1), "door": door.reshape(B, T, keys), "visible": visible.reshape(B, T, keys)}
 
 
-def doors_keys_scores(group: list[dict], recon: np.ndarray, imag: np.ndarray, seen: int) -> dict[str, np.ndarray]:
+def doors_keys_scores(group: list[dict], recon: np.ndarray, imag: np.ndarray, truth: np.ndarray,
+                      seen: int) -> dict[str, np.ndarray]:
     """Multi Doors Keys, per episode of `group`: the reconstructed context frames recon (B, context,
-    ...) and the imagined ones imag (B, T - seen, ...) read back (read_doors_keys), and the two
+    ...) and the imagined ones imag (B, T - seen, ...) read back (read_doors_keys; truth: the
+    recorded frames imag stands for, for the strip and window MSE), and the two
     guesses scored from the recorded arrays: 'frozen' (the keys and doors of step seen - 1 kept
     through the query) and 'blank' (no key in the strip; every door drawn as a black cell, which
     reads as open). Per-frame arrays, (B, ...) each; doors_keys_summary averages them."""
@@ -101,7 +103,6 @@ def doors_keys_scores(group: list[dict], recon: np.ndarray, imag: np.ndarray, se
     held = np.stack([e["held"][seen - 1:] for e in group])  # (B, 1 + Q', 8): the last seen, the query
     is_open = np.stack([e["door_open"][seen - 1:] for e in group])  # (B, 1 + Q', K)
     labels = grid.read_layout(imag.shape[-2])[0]
-    truth = np.stack([e["image"][seen:] for e in group])
     return {"held_recon": context["held"], "door_recon": context["door"], "visible_recon": context["visible"],
             "held_imagination": imagined["held"], "door_imagination": imagined["door"],
             "visible": imagined["visible"],
@@ -155,7 +156,7 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
         if video is None:  # reconstructed context and observed query frames, then imagined ones
             video = np.concatenate([recon[0], imag[0]], 0)
         if doors_keys:
-            read.append(doors_keys_scores(group, recon[:, :context], imag, seen))
+            read.append(doors_keys_scores(group, recon[:, :context], imag, truth[:, seen:], seen))
     scores = {k: np.concatenate([p[k] for p in per_frame], 0) for k in per_frame[0]}  # (N, Q')
     summary = {"recon_mse": float(np.concatenate(recon_mse).mean())}
     summary.update({f"gen_{k}": float(v.mean()) for k, v in scores.items()})

@@ -1003,7 +1003,8 @@ def test_multi_doors_keys_scores_and_guesses():
     is_open = np.stack([e["door_open"] for e in episodes])  # (4, 120, 3)
 
     def summary(imag):
-        return evaluate.doors_keys_summary(evaluate.doors_keys_scores(episodes, frames[:, :context], imag, seen))
+        return evaluate.doors_keys_summary(evaluate.doors_keys_scores(episodes, frames[:, :context], imag,
+                                                                    frames[:, seen:], seen))
     truth, curves = summary(frames[:, seen:])
     assert truth["held_acc_recon"] == truth["door_acc_recon"] == truth["held_acc_imagination"] == 1.0
     assert truth["door_acc_imagination"] == 1.0 and truth["gen_mse_strip"] == truth["gen_mse_window"] == 0
