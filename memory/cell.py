@@ -1,5 +1,5 @@
-"""A trained Distracting Memory cell, loaded for the causal tests memory/readback.py and
-memory/cueswap.py, and their shared command line."""
+"""A trained memory-benchmark cell, loaded for the tests run on it (memory/readback.py,
+memory/cueswap.py, memory/shortcontext.py), and their shared command line."""
 from __future__ import annotations
 
 import argparse
@@ -16,14 +16,16 @@ from memory.collect import dataset_folder
 from memory.train import FIELDS, Trainer, load_episodes
 
 
-def cell_arguments(prog: str, doc: str, what: str, argv=None) -> argparse.Namespace:
+def cell_arguments(prog: str, doc: str, what: str, argv=None, more=None) -> argparse.Namespace:
     """--logdir (the cell), --draws (latent samples), --seed (torch seed of the first draw),
-    --threads (set here); one line and exit 2 on a bad value."""
+    --threads (set here), and what more(parser) adds; one line and exit 2 on a bad value."""
     parser = argparse.ArgumentParser(prog=f"python -m {prog}", description=doc.split("\n")[0])
     parser.add_argument("--logdir", required=True, type=pathlib.Path, help=what)
     parser.add_argument("--draws", type=int, default=5, help="latent samples per condition")
     parser.add_argument("--seed", type=int, default=0, help="torch seed of the first draw")
     parser.add_argument("--threads", type=int, default=1)
+    if more is not None:
+        more(parser)
     args = parser.parse_args(argv)
     for name in ("draws", "threads"):
         if getattr(args, name) < 1:
@@ -32,15 +34,17 @@ def cell_arguments(prog: str, doc: str, what: str, argv=None) -> argparse.Namesp
     return args
 
 
-def load_cell(logdir: pathlib.Path, backbone: str | None = None):
-    """A trained Distracting Memory cell (of `backbone`; None: any) -> (config, world model in eval
-    mode, held-out test episodes in index order, updates); one line and exit 2 on bad input."""
+def load_cell(logdir: pathlib.Path, backbone: str | None = None, envs=("distracting_memory",)):
+    """A trained cell of one of `envs` (memory.env; of `backbone`, None: any) -> (config, world
+    model in eval mode, held-out test episodes in index order, updates); one line and exit 2 on
+    bad input."""
     try:
         config = Config(read_saved(logdir / "config.yaml"))
     except ConfigError as e:
         fail(str(e))
-    if config.memory.env != "distracting_memory" or backbone not in (None, config.backbone):
-        fail(f"{logdir}: the test is for Distracting Memory cells{'' if backbone is None else ' of backbone ' + backbone}, "
+    if config.memory.env not in envs or backbone not in (None, config.backbone):
+        fail(f"{logdir}: the test is for {' and '.join(envs)} cells"
+             f"{'' if backbone is None else ' of backbone ' + backbone}, "
              f"this one is {config.memory.env} with {config.backbone}")
     folder = dataset_folder(config)
     if not pathlib.Path(folder).is_dir():

@@ -9,8 +9,8 @@ arguments go to every run; rerunning resumes unfinished cells and only re-reads 
 also those whose checkpoint is gone, e.g. committed results on a fresh clone; a cell with results
 but neither its budget reached nor its checkpoint fails alone, with one line);
 --jobs N trains N cells at once (two one-thread runs use a 2-core machine). A Distracting Memory
-cell then gets its causal tests, memory.cueswap (and memory.readback on tssm), while its checkpoint
-is there (--no-causal: not). The training is memory/runner.py's; this module writes the report.
+cell then gets its causal tests, memory.cueswap (and memory.readback on tssm), a Multi Doors Keys or
+(not teleport) rooms cell memory.shortcontext, while its checkpoint is there (--no-causal: not). The training is memory/runner.py's; this module writes the report.
 --report-only trains nothing and writes the report from the cells' saved evaluations (the committed
 result files are enough: without eval/prediction.npz there is no video); --at N takes the table from
 every cell's evaluation at N updates (eval/metrics_<N>.json), e.g. while cells have unequal budgets.
@@ -179,9 +179,10 @@ def _causal_rows(logdirs: dict[str, pathlib.Path], name: str, row) -> list[str]:
 
 
 def causal_tests(logdirs: dict[str, pathlib.Path]) -> list[str]:
-    """Distracting Memory: the causal tests run on the cells, where their files exist:
-    memory.cueswap (eval/cueswap.json, any backbone) and memory.readback (eval/readback.json,
-    TSSM-XL). [] when no cell has either."""
+    """The causal tests run on the cells, where their files exist: memory.cueswap
+    (eval/cueswap.json, any backbone) and memory.readback (eval/readback.json, TSSM-XL) on
+    Distracting Memory, memory.shortcontext (eval/shortcontext.json) on frame benchmarks. [] when
+    no cell has any."""
     def swap(r):
         return [" / ".join(f"{100 * r[m][key]:.1f}%" for m in ("inference", "imagination"))
                 for key in ("flipped", "right_on_both", "resampled_flipped", "accuracy_swapped")]
@@ -206,7 +207,37 @@ def causal_tests(logdirs: dict[str, pathlib.Path]) -> list[str]:
                   "(placebo), and from every later query (the no-cue control).", "",
                   "| cell | updates | draws | open | end | placebo | control |", "|---|---|---|---|---|---|---|",
                   *reads, ""]
+    cuts = _shortcontext_rows(logdirs)
+    if cuts:
+        lines += ["What the far context is worth, `memory.shortcontext`: the test episodes imagined again "
+                  "with the context cut to its last frames (the model starts afresh there); each entry is "
+                  "the gap, the score with the cut minus the score with the whole context (for an "
+                  "accuracy or PSNR the other way round): positive where the frames before the cut "
+                  "helped; mean over draws.", "", *cuts, ""]
     return lines
+
+
+def _shortcontext_rows(logdirs: dict[str, pathlib.Path]) -> list[str]:
+    """The memory.shortcontext table: one row per cell and cut, a column per score of the first
+    cell's file (all cells of a report share the benchmark)."""
+    rows, names = [], None
+    for cell, logdir in logdirs.items():
+        path = logdir / "eval" / "shortcontext.json"
+        if not path.exists():
+            continue
+        result = _read_json(path)
+        try:
+            names = names or list(result["full"])
+            for keep in result["keep"]:
+                gap = result["gap"][str(keep)]
+                rows.append(f"| {cell} | {result['updates']} | {result['draws']} | last {keep} of "
+                            f"{result['context']} | " + " | ".join(f"{gap[s]:+.3g}" for s in names) + " |")
+        except (KeyError, TypeError) as e:
+            fail(f"{path} lacks {e} (written by an older version? rerun the test on the cell)")
+    if not rows:
+        return []
+    return ["| cell | updates | draws | context kept | " + " | ".join(names) + " |",
+            "|---|---|---|---|" + "---|" * len(names), *rows]
 
 
 def loss_change(windows: list[float]) -> str:
@@ -486,8 +517,9 @@ def main(argv=None) -> None:
                    help="cells trained at once, each its own process with its output in "
                         "<cell>/train.log (on a CPU give each run threads 1, as the CPU blocks do)")
     p.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True,
-                   help="Distracting Memory: after each cell's training run memory.cueswap (and "
-                        "memory.readback on tssm) where its result is missing or older than the cell")
+                   help="after each cell's training run its causal tests (Distracting Memory: "
+                        "memory.cueswap, and memory.readback on tssm; Multi Doors Keys and rooms: "
+                        "memory.shortcontext) where the result is missing or older than the cell")
     args, extra = p.parse_known_args(argv)
     if args.jobs < 1:
         fail(f"--jobs must be >= 1, got {args.jobs}")

@@ -1,5 +1,5 @@
 """Train a comparison's cells: one `main.py` offline run per backbone and seed, N at once, and the
-causal tests of each Distracting Memory cell while its checkpoint is on disk (memory.report's
+causal tests of each cell (causal_commands) while its checkpoint is on disk (memory.report's
 training half; the checkpoints are not committed, so the tests cannot run later from the results).
 """
 from __future__ import annotations
@@ -40,8 +40,9 @@ def for_main(logdir: pathlib.Path) -> str:
 
 
 def causal_commands(logdir: pathlib.Path) -> list[list[str]]:
-    """The causal tests a trained Distracting Memory cell lacks, or has from fewer updates than its
-    last evaluation: memory.cueswap (any backbone) and memory.readback (tssm). They need the
+    """The causal tests a trained cell lacks, or has from fewer updates than its last evaluation:
+    Distracting Memory memory.cueswap (any backbone) and memory.readback (tssm); Multi Doors Keys
+    and the rooms benchmarks but their teleport variants memory.shortcontext. They need the
     checkpoint, which is not committed, so they run right after the cell's training. A file that
     cannot be read counts as missing (the test writes it anew)."""
     def read(path):
@@ -53,9 +54,15 @@ def causal_commands(logdir: pathlib.Path) -> list[list[str]]:
 
     saved = read_saved_or_none(logdir / "config.yaml")
     updates = read(evaluation_file(logdir)).get("updates")
-    if saved is None or saved.get("memory.env") != "distracting_memory" or not isinstance(updates, int):
+    if saved is None or not isinstance(updates, int):
         return []
-    tests = ["cueswap"] + (["readback"] if saved.get("backbone") == "tssm" else [])
+    env = saved.get("memory.env")
+    if env == "distracting_memory":
+        tests = ["cueswap"] + (["readback"] if saved.get("backbone") == "tssm" else [])
+    elif env == "multi_doors_keys" or (env == "rooms" and not saved.get("memory.teleport")):
+        tests = ["shortcontext"]
+    else:
+        return []
     stale = [t for t in tests if not isinstance(done := read(logdir / "eval" / f"{t}.json").get("updates"), int)
              or done < updates]
     return [["-m", f"memory.{t}", "--logdir", str(logdir)] for t in stale]

@@ -197,6 +197,7 @@ def test_report_writes_table_plots_and_video(tmp_path):
     assert "| rssm seed 0 | 1 |" in text  # the cost table: updates and training time per cell
     assert "reward_acc" not in text and "gen_mse by updates" in text  # one evaluation per cell
     assert "| held keys, context | doors, context |" in text  # Multi Doors Keys' perception gate
+    assert "| rssm_seed0 | 1 | 5 | last 1 of 12 |" in text  # memory.shortcontext ran on each cell
     for name in ("loss.png", "mse.png", "psnr.png", "ssim.png", "held_acc.png", "imagination.mp4",
                  "imagination.png"):
         assert (out / name).stat().st_size > 0
@@ -866,8 +867,10 @@ def test_report_reruns_a_causal_test_only_when_missing_older_or_unreadable(tmp_p
     assert stale() == []
     (cell / "eval" / "cueswap.json").write_text('{"upd')  # a write cut short
     assert stale() == ["memory.cueswap"]
-    (cell / "config.yaml").write_text(merge(load_blocks(), ["multi_doors_keys", "debug", backbone]).dump())
-    assert stale() == []  # the tests are for Distracting Memory
+    for blocks, tests in ((["multi_doors_keys"], ["memory.shortcontext"]), (["two_rooms"], ["memory.shortcontext"]),
+                          (["two_rooms_teleport"], []), (["memory_maze_probe"], [])):
+        (cell / "config.yaml").write_text(merge(load_blocks(), [*blocks, "debug", backbone]).dump())
+        assert stale() == tests, blocks  # each benchmark's own tests
 
 
 def test_cueswap_command_on_a_trained_cell(tmp_path):
@@ -1026,3 +1029,91 @@ def test_multi_doors_keys_scores_and_guesses():
         (held == np.stack([e["held"][seen - 1] for e in episodes])[:, None]).all(-1).mean())
     assert truth["held_acc_frozen"] < 1 and frozen < 1  # keys and doors change in the query
 
+
+
+# ---- the context-cut test (memory/shortcontext.py) -------------------------------------------------
+
+def test_cut_context_keeps_the_last_frames_of_the_context_and_the_whole_query():
+    from memory.shortcontext import cut_context
+    from tests.test_memory_envs import doors_keys_episodes
+    e = doors_keys_episodes(3, 16, count=1, context=30, query=20)[0]
+    cut = cut_context(e, 5)
+    assert set(cut) == set(e) and all(len(v) == 25 for v in cut.values())
+    for k in e:
+        if k not in ("is_first", "action"):
+            assert np.array_equal(cut[k], e[k][25:]), k
+    assert (cut["phase"] == 0).sum() == 5 and np.array_equal(cut["action"][1:], e["action"][26:])
+    assert cut["is_first"][0] and not cut["is_first"][1:].any() and not cut["action"][0].any()
+    assert e["action"][25].any() and not e["is_first"][25]  # the original is left as it was
+    whole = cut_context(e, 30)
+    assert all(np.array_equal(whole[k], e[k]) for k in e)  # frame 0 already is a start without action
+    for keep in (0, 31):
+        with pytest.raises(ValueError, match=r"keep must be in \[1, 30\]"):
+            cut_context(e, keep)
+
+
+@pytest.mark.parametrize("backbone", ["s4wm", "rssm"])
+def test_shortcontext_pairs_its_draws_so_that_only_the_cut_moves_the_scores(backbone):
+    """A real (untrained) world model: cutting nothing (keep = the whole context) gives the same
+    scores as the whole context exactly, draw by draw (the conditions share their random numbers),
+    while a short cut changes what the model imagines; the gap is cut minus full for errors and
+    full minus cut for PSNR, SSIM and accuracies."""
+    from memory.shortcontext import HIGHER_IS_BETTER, SCORES, shortcontext
+    from tests.test_memory_envs import doors_keys_episodes
+    config = merge(load_blocks(), ["debug", backbone], {"env.image_size": 16})
+    episodes = doors_keys_episodes(3, 16, count=3, context=24, query=16)
+    torch.manual_seed(0)
+    wm = build_world_model(config, episodes[0]["action"].shape[-1]).eval()
+    r = shortcontext(wm, episodes, "multi_doors_keys", [24, 2], draws=2, batch=2, chunk=16)
+    assert r["context"] == 24 and r["keep"] == [24, 2] and set(r["full"]) == set(SCORES["multi_doors_keys"])
+    assert r["per_draw"]["24"] == r["per_draw"]["full"] and all(v == 0 for v in r["gap"]["24"].values())
+    assert r["per_draw"]["full"][0] != r["per_draw"]["full"][1]  # the latents are sampled
+    assert r["cut"]["2"]["gen_mse"] != r["full"]["gen_mse"]
+    for k, v in r["gap"]["2"].items():
+        sign = 1 if k in HIGHER_IS_BETTER else -1
+        assert v == pytest.approx(sign * (r["full"][k] - r["cut"]["2"][k]))
+        assert r["full"][k] == pytest.approx(np.mean([d[k] for d in r["per_draw"]["full"]]))
+    with pytest.raises(ValueError, match="rooms and multi_doors_keys"):
+        shortcontext(wm, episodes, "distracting_memory", [2], draws=1)
+
+
+def test_shortcontext_command_on_a_trained_cell_and_in_the_report(tmp_path, capsys):
+    """memory.shortcontext on a tiny Multi Doors Keys cell: the default cuts below its 12-frame
+    context, the JSON it writes, the report's table from it; bad --keep values and a cell of another
+    benchmark get one line each."""
+    from memory import shortcontext
+    from memory.report import causal_tests
+    args = ["--configs", "multi_doors_keys", "debug", "rssm", "--memory.out", str(tmp_path / "data"),
+            "--offline.updates", "2", *MDK]
+    res = run_main(tmp_path, args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    cell = tmp_path / "run"
+    cmd = [sys.executable, "-m", "memory.shortcontext", "--logdir", str(cell), "--draws", "2"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads((cell / "eval" / "shortcontext.json").read_text())
+    assert out["updates"] == 2 and out["draws"] == 2 and out["keep"] == [1] and out["context"] == 12
+    assert len(out["per_draw"]["1"]) == 2 and "| last 1 |" in res.stdout
+    text = "\n".join(causal_tests({"rssm_seed0": cell}))
+    assert "`memory.shortcontext`" in text and "| rssm_seed0 | 2 | 2 | last 1 of 12 |" in text
+
+    def run(*extra):  # in this process: the argument checks, without another start of torch
+        capsys.readouterr()
+        threads = torch.get_num_threads()
+        try:
+            shortcontext.main(["--logdir", str(cell), "--draws", "1", *extra])
+        except SystemExit as e:
+            return e.code, capsys.readouterr().err.strip()
+        finally:
+            torch.set_num_threads(threads)  # main() sets --threads
+        return 0, ""
+    for keep, why in (("0,4", "--keep values must be in [1, 11]"), ("12", "--keep values must be in [1, 11]"),
+                      ("a", "--keep must be comma-separated integers")):
+        code, err = run("--keep", keep)
+        assert code == 2 and err.startswith(f"error: {why}") and len(err.splitlines()) == 1, err
+    assert run("--keep", "3,6")[0] == 0
+    assert json.loads((cell / "eval" / "shortcontext.json").read_text())["keep"] == [3, 6]
+    (cell / "config.yaml").write_text((cell / "config.yaml").read_text().replace(
+        "env: multi_doors_keys", "env: distracting_memory"))
+    code, err = run()
+    assert code == 2 and "the test is for rooms and multi_doors_keys cells" in err and len(err.splitlines()) == 1
