@@ -15,6 +15,9 @@ from common.run import load_checkpoint, restore
 from memory.collect import dataset_folder
 from memory.train import FIELDS, Trainer, load_episodes
 
+NAMES = {"distracting_memory": "Distracting Memory", "multi_doors_keys": "Multi Doors Keys",
+         "rooms": "rooms", "memory_maze": "Memory Maze"}  # memory.env -> the benchmark's name
+
 
 def cell_arguments(prog: str, doc: str, what: str, argv=None, more=None) -> argparse.Namespace:
     """--logdir (the cell), --draws (latent samples), --seed (torch seed of the first draw),
@@ -43,9 +46,9 @@ def load_cell(logdir: pathlib.Path, backbone: str | None = None, envs=("distract
     except ConfigError as e:
         fail(str(e))
     if config.memory.env not in envs or backbone not in (None, config.backbone):
-        fail(f"{logdir}: the test is for {' and '.join(envs)} cells"
+        fail(f"{logdir}: the test is for {' and '.join(NAMES.get(e, e) for e in envs)} cells"
              f"{'' if backbone is None else ' of backbone ' + backbone}, "
-             f"this one is {config.memory.env} with {config.backbone}")
+             f"this one is {NAMES.get(config.memory.env, config.memory.env)} with {config.backbone}")
     folder = dataset_folder(config)
     if not pathlib.Path(folder).is_dir():
         fail(f"the cell's dataset {folder} is not on disk: run from the folder the cell was trained "

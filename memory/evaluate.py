@@ -53,15 +53,19 @@ def decode(wm, feat: torch.Tensor, chunk: int) -> np.ndarray:
 
 @torch.no_grad()
 def rollout(wm, episodes: list[dict], context: int, query_observe: int, chunk: int, device,
-            images: bool = True):
+            images: bool = True, imagine_seed: int | None = None):
     """Observe the first context + query_observe frames of equally long episodes, imagine the rest.
     Returns (recon uint8 (B, context + query_observe, ...) of the observed frames, imagined feats
     (B, Q', F), imagined uint8 (B, Q', ...)) with Q' = T - context - query_observe; images=False:
-    the feats alone, (None, feats, None) (nothing decoded; the same random numbers drawn)."""
+    the feats alone, (None, feats, None) (nothing decoded; the same random numbers drawn).
+    imagine_seed: seed torch's generator after observing, so that the imagined latents draw the
+    same numbers however many frames were observed (None: go on with the generator as it is)."""
     data = to_torch({k: np.stack([e[k] for e in episodes]) for k in MODEL_KEYS}, device)
     B, T = data["is_first"].shape
     seen = context + query_observe
     feat, state = observe(wm, {k: v[:, :seen] for k, v in data.items()}, wm.initial_state(B), chunk)
+    if imagine_seed is not None:
+        torch.manual_seed(imagine_seed)
     imag = wm.imagine(state, data["action"][:, seen:], T - seen)["feat"][:, 1:]  # (B, Q', F)
     if not images:
         return None, imag, None
@@ -134,17 +138,20 @@ def doors_keys_summary(scores: dict[str, np.ndarray]) -> tuple[dict, dict]:
 
 
 def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int, chunk: int,
-                    device, revisit: bool, doors_keys: bool = False) -> tuple[dict, dict, np.ndarray]:
+                    device, revisit: bool, doors_keys: bool = False,
+                    imagine_seed: int | None = None) -> tuple[dict, dict, np.ndarray]:
     """Rooms and Multi Doors Keys (all episodes the same length). Returns (summary of scalar
     means, curves over the imagination step, prediction of episode 0 as uint8 (T, H, W, C):
     reconstructed context, observed query frames (their reconstruction), imagined frames).
-    doors_keys: add the held-key and door scores (doors_keys_scores, doors_keys_summary)."""
+    doors_keys: add the held-key and door scores (doors_keys_scores, doors_keys_summary).
+    imagine_seed: the batch starting at episode s imagines with rollout's imagine_seed + s."""
     context = _context_length(episodes[0])
     per_frame, recon_mse, revisit_err, video, read = [], [], [], None, []
     for s in range(0, len(episodes), batch):
         group = episodes[s:s + batch]
         truth = np.stack([e["image"] for e in group])  # (B, T, H, W, C)
-        recon, _, imag = rollout(wm, group, context, query_observe, chunk, device)
+        recon, _, imag = rollout(wm, group, context, query_observe, chunk, device,
+                                 imagine_seed=None if imagine_seed is None else imagine_seed + s)
         seen = context + query_observe
         recon_mse.append(metrics.mse(recon[:, :context], truth[:, :context]))  # (B, context)
         per_frame.append(metrics.image_scores(imag, truth[:, seen:]))  # each (B, Q')

@@ -10,7 +10,7 @@ also those whose checkpoint is gone, e.g. committed results on a fresh clone; a 
 but neither its budget reached nor its checkpoint fails alone, with one line);
 --jobs N trains N cells at once (two one-thread runs use a 2-core machine). A Distracting Memory
 cell then gets its causal tests, memory.cueswap (and memory.readback on tssm), a Multi Doors Keys or
-(not teleport) rooms cell memory.shortcontext, while its checkpoint is there (--no-causal: not). The training is memory/runner.py's; this module writes the report.
+rooms cell memory.shortcontext, while its checkpoint is there (--no-causal: not). The training is memory/runner.py's; this module writes the report.
 --report-only trains nothing and writes the report from the cells' saved evaluations (the committed
 result files are enough: without eval/prediction.npz there is no video); --at N takes the table from
 every cell's evaluation at N updates (eval/metrics_<N>.json), e.g. while cells have unequal budgets.
@@ -163,32 +163,42 @@ def doors_keys_gate(results: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _causal_rows(logdirs: dict[str, pathlib.Path], name: str, row) -> list[str]:
-    """One table row per cell that has eval/<name>: row(result dict) -> the row's cells after the
-    cell's name; a file without the keys a row needs stops with one line."""
-    rows = []
+def _causal_rows(logdirs: dict[str, pathlib.Path], name: str, rows) -> list[str]:
+    """Table rows of the cells that have eval/<name>: rows(result dict) -> the cell's rows, each a
+    list of the entries after the cell's name, updates and draws; a file without the keys a row
+    needs stops with one line."""
+    lines = []
     for cell, logdir in logdirs.items():
         path = logdir / "eval" / name
         if path.exists():
             result = _read_json(path)
             try:
-                rows.append(f"| {cell} | {result['updates']} | {result['draws']} | " + " | ".join(row(result)) + " |")
+                lines += [f"| {cell} | {result['updates']} | {result['draws']} | " + " | ".join(row) + " |"
+                          for row in rows(result)]
             except (KeyError, TypeError) as e:
                 fail(f"{path} lacks {e} (written by an older version? rerun the test on the cell)")
-    return rows
+    return lines
 
 
 def causal_tests(logdirs: dict[str, pathlib.Path]) -> list[str]:
     """The causal tests run on the cells, where their files exist: memory.cueswap
     (eval/cueswap.json, any backbone) and memory.readback (eval/readback.json, TSSM-XL) on
-    Distracting Memory, memory.shortcontext (eval/shortcontext.json) on frame benchmarks. [] when
-    no cell has any."""
+    Distracting Memory, memory.shortcontext (eval/shortcontext.json) on the frame benchmarks. []
+    when no cell has any."""
     def swap(r):
-        return [" / ".join(f"{100 * r[m][key]:.1f}%" for m in ("inference", "imagination"))
-                for key in ("flipped", "right_on_both", "resampled_flipped", "accuracy_swapped")]
+        return [[" / ".join(f"{100 * r[m][key]:.1f}%" for m in ("inference", "imagination"))
+                 for key in ("flipped", "right_on_both", "resampled_flipped", "accuracy_swapped")]]
 
     def read(r):
-        return [f"{100 * r['reward_acc_inference'][c]:.1f}%" for c in ("open", "end", "end_placebo", "all")]
+        return [[f"{100 * r['reward_acc_inference'][c]:.1f}%" for c in ("open", "end", "end_placebo", "all")]]
+
+    names = []
+
+    def cut(r):  # the whole context's scores, then each cut's gap +- its standard error
+        names[:] = names or list(r["full"])
+        return [[f"all {r['context']}", *(f"{r['full'][s]:.4g}" for s in names)],
+                *([f"last {k}: gap", *(f"{r['gap'][str(k)][s]:+.3g} ± {r['gap_se'][str(k)][s]:.2g}" for s in names)]
+                  for k in r["keep"])]
 
     lines = []
     swaps = _causal_rows(logdirs, "cueswap.json", swap)
@@ -207,37 +217,16 @@ def causal_tests(logdirs: dict[str, pathlib.Path]) -> list[str]:
                   "(placebo), and from every later query (the no-cue control).", "",
                   "| cell | updates | draws | open | end | placebo | control |", "|---|---|---|---|---|---|---|",
                   *reads, ""]
-    cuts = _shortcontext_rows(logdirs)
+    cuts = _causal_rows(logdirs, "shortcontext.json", cut)
     if cuts:
         lines += ["What the far context is worth, `memory.shortcontext`: the test episodes imagined again "
-                  "with the context cut to its last frames (the model starts afresh there); each entry is "
-                  "the gap, the score with the cut minus the score with the whole context (for an "
-                  "accuracy or PSNR the other way round): positive where the frames before the cut "
-                  "helped; mean over draws.", "", *cuts, ""]
+                  "with the context cut to its last frames (the model starts afresh there, the imagined "
+                  "latents draw the same numbers); gap = the score with the cut minus the score with the "
+                  "whole context (for PSNR, SSIM and accuracies the other way round): positive where the "
+                  "frames before the cut helped; mean ± standard error over draws.", "",
+                  "| cell | updates | draws | context kept | " + " | ".join(names) + " |",
+                  "|---|---|---|---|" + "---|" * len(names), *cuts, ""]
     return lines
-
-
-def _shortcontext_rows(logdirs: dict[str, pathlib.Path]) -> list[str]:
-    """The memory.shortcontext table: one row per cell and cut, a column per score of the first
-    cell's file (all cells of a report share the benchmark)."""
-    rows, names = [], None
-    for cell, logdir in logdirs.items():
-        path = logdir / "eval" / "shortcontext.json"
-        if not path.exists():
-            continue
-        result = _read_json(path)
-        try:
-            names = names or list(result["full"])
-            for keep in result["keep"]:
-                gap = result["gap"][str(keep)]
-                rows.append(f"| {cell} | {result['updates']} | {result['draws']} | last {keep} of "
-                            f"{result['context']} | " + " | ".join(f"{gap[s]:+.3g}" for s in names) + " |")
-        except (KeyError, TypeError) as e:
-            fail(f"{path} lacks {e} (written by an older version? rerun the test on the cell)")
-    if not rows:
-        return []
-    return ["| cell | updates | draws | context kept | " + " | ".join(names) + " |",
-            "|---|---|---|---|" + "---|" * len(names), *rows]
 
 
 def loss_change(windows: list[float]) -> str:

@@ -10,6 +10,7 @@ import sys
 import time
 
 from common.cli import check_logdir, fail, parse, unresumable
+from memory import shortcontext
 from memory.train import evaluation_file, finished
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def for_main(logdir: pathlib.Path) -> str:
 def causal_commands(logdir: pathlib.Path) -> list[list[str]]:
     """The causal tests a trained cell lacks, or has from fewer updates than its last evaluation:
     Distracting Memory memory.cueswap (any backbone) and memory.readback (tssm); Multi Doors Keys
-    and the rooms benchmarks but their teleport variants memory.shortcontext. They need the
+    and the rooms benchmarks memory.shortcontext. They need the
     checkpoint, which is not committed, so they run right after the cell's training. A file that
     cannot be read counts as missing (the test writes it anew)."""
     def read(path):
@@ -59,7 +60,7 @@ def causal_commands(logdir: pathlib.Path) -> list[list[str]]:
     env = saved.get("memory.env")
     if env == "distracting_memory":
         tests = ["cueswap"] + (["readback"] if saved.get("backbone") == "tssm" else [])
-    elif env == "multi_doors_keys" or (env == "rooms" and not saved.get("memory.teleport")):
+    elif shortcontext.applies(env):
         tests = ["shortcontext"]
     else:
         return []

@@ -197,7 +197,7 @@ def test_report_writes_table_plots_and_video(tmp_path):
     assert "| rssm seed 0 | 1 |" in text  # the cost table: updates and training time per cell
     assert "reward_acc" not in text and "gen_mse by updates" in text  # one evaluation per cell
     assert "| held keys, context | doors, context |" in text  # Multi Doors Keys' perception gate
-    assert "| rssm_seed0 | 1 | 5 | last 1 of 12 |" in text  # memory.shortcontext ran on each cell
+    assert "| rssm_seed0 | 1 | 5 | last 1: gap |" in text  # memory.shortcontext ran on each cell
     for name in ("loss.png", "mse.png", "psnr.png", "ssim.png", "held_acc.png", "imagination.mp4",
                  "imagination.png"):
         assert (out / name).stat().st_size > 0
@@ -868,7 +868,7 @@ def test_report_reruns_a_causal_test_only_when_missing_older_or_unreadable(tmp_p
     (cell / "eval" / "cueswap.json").write_text('{"upd')  # a write cut short
     assert stale() == ["memory.cueswap"]
     for blocks, tests in ((["multi_doors_keys"], ["memory.shortcontext"]), (["two_rooms"], ["memory.shortcontext"]),
-                          (["two_rooms_teleport"], []), (["memory_maze_probe"], [])):
+                          (["two_rooms_teleport"], ["memory.shortcontext"]), (["memory_maze_probe"], [])):
         (cell / "config.yaml").write_text(merge(load_blocks(), [*blocks, "debug", backbone]).dump())
         assert stale() == tests, blocks  # each benchmark's own tests
 
@@ -1052,26 +1052,63 @@ def test_cut_context_keeps_the_last_frames_of_the_context_and_the_whole_query():
             cut_context(e, keep)
 
 
+@pytest.mark.parametrize("query_observe", [0, 2])
+def test_cut_context_scores_the_same_query_frames_against_the_same_truth(query_observe):
+    """What a cut changes is only what the model observes: on recorded frames, every score of the
+    imagined part and both guesses are identical with and without the cut, array for array."""
+    from memory.evaluate import doors_keys_scores
+    from memory.shortcontext import cut_context
+    from tests.test_memory_envs import doors_keys_episodes
+    episodes = doors_keys_episodes(3, 16, count=3, context=30, query=20)
+
+    def read(eps):
+        frames = np.stack([e["image"] for e in eps])
+        seen = int((eps[0]["phase"] == 0).sum()) + query_observe
+        out = doors_keys_scores(eps, frames[:, :seen - query_observe], frames[:, seen:], frames[:, seen:], seen)
+        return {k: v for k, v in out.items() if not k.endswith("_recon")}
+    full = read(episodes)
+    assert full["visible"].any() and not full["held_frozen"].all()  # doors in view, keys picked up
+    for keep in (1, 5, 30):
+        cut = read([cut_context(e, keep) for e in episodes])
+        assert set(cut) == set(full) and all(np.array_equal(cut[k], full[k]) for k in full), keep
+
+
 @pytest.mark.parametrize("backbone", ["s4wm", "rssm"])
-def test_shortcontext_pairs_its_draws_so_that_only_the_cut_moves_the_scores(backbone):
-    """A real (untrained) world model: cutting nothing (keep = the whole context) gives the same
-    scores as the whole context exactly, draw by draw (the conditions share their random numbers),
-    while a short cut changes what the model imagines; the gap is cut minus full for errors and
-    full minus cut for PSNR, SSIM and accuracies."""
-    from memory.shortcontext import HIGHER_IS_BETTER, SCORES, shortcontext
+def test_shortcontext_pairs_its_draws_so_that_only_the_cut_moves_the_scores(backbone, monkeypatch):
+    """A real (untrained) world model: the imagined part starts from the same generator state with
+    and without a cut (the observed part draws fewer numbers under a cut), so cutting nothing
+    (keep = the whole context) gives the whole context's scores exactly, draw by draw; a short cut
+    changes what the model imagines; the gap is cut minus full for errors and full minus cut for
+    PSNR, SSIM and accuracies."""
+    from memory.shortcontext import SCORES, shortcontext
     from tests.test_memory_envs import doors_keys_episodes
     config = merge(load_blocks(), ["debug", backbone], {"env.image_size": 16})
     episodes = doors_keys_episodes(3, 16, count=3, context=24, query=16)
     torch.manual_seed(0)
     wm = build_world_model(config, episodes[0]["action"].shape[-1]).eval()
+    states, imagine = [], wm.imagine
+
+    def recording(*args, **kwargs):
+        states.append(torch.get_rng_state())
+        return imagine(*args, **kwargs)
+    monkeypatch.setattr(wm, "imagine", recording)
     r = shortcontext(wm, episodes, "multi_doors_keys", [24, 2], draws=2, batch=2, chunk=16)
+    per_condition = 2  # batches of 2 of 3 episodes; conditions full, 24, 2 in turn, then the next draw
+    blocks = [states[i:i + per_condition] for i in range(0, len(states), per_condition)]
+    assert len(blocks) == 6
+    for d in range(2):
+        full, whole, short = blocks[3 * d:3 * d + 3]
+        assert all(torch.equal(x, y) and torch.equal(x, z) for x, y, z in zip(full, whole, short))
+    assert not torch.equal(blocks[0][0], blocks[3][0]) and not torch.equal(blocks[0][0], blocks[0][1])
     assert r["context"] == 24 and r["keep"] == [24, 2] and set(r["full"]) == set(SCORES["multi_doors_keys"])
     assert r["per_draw"]["24"] == r["per_draw"]["full"] and all(v == 0 for v in r["gap"]["24"].values())
+    assert all(v == 0 for v in r["gap_se"]["24"].values())
     assert r["per_draw"]["full"][0] != r["per_draw"]["full"][1]  # the latents are sampled
     assert r["cut"]["2"]["gen_mse"] != r["full"]["gen_mse"]
+    assert r["guesses"]["held_acc_frozen"] == r["per_draw"]["2"][0]["held_acc_frozen"]  # from the arrays
+    higher = {"gen_psnr", "gen_ssim", "held_acc_imagination", "door_acc_imagination"}
     for k, v in r["gap"]["2"].items():
-        sign = 1 if k in HIGHER_IS_BETTER else -1
-        assert v == pytest.approx(sign * (r["full"][k] - r["cut"]["2"][k]))
+        assert v == pytest.approx((r["full"][k] - r["cut"]["2"][k]) * (1 if k in higher else -1))
         assert r["full"][k] == pytest.approx(np.mean([d[k] for d in r["per_draw"]["full"]]))
     with pytest.raises(ValueError, match="rooms and multi_doors_keys"):
         shortcontext(wm, episodes, "distracting_memory", [2], draws=1)
@@ -1093,9 +1130,10 @@ def test_shortcontext_command_on_a_trained_cell_and_in_the_report(tmp_path, caps
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads((cell / "eval" / "shortcontext.json").read_text())
     assert out["updates"] == 2 and out["draws"] == 2 and out["keep"] == [1] and out["context"] == 12
-    assert len(out["per_draw"]["1"]) == 2 and "| last 1 |" in res.stdout
+    assert len(out["per_draw"]["1"]) == 2 and "| last 1: gap |" in res.stdout and "| all 12 |" in res.stdout
     text = "\n".join(causal_tests({"rssm_seed0": cell}))
-    assert "`memory.shortcontext`" in text and "| rssm_seed0 | 2 | 2 | last 1 of 12 |" in text
+    assert "`memory.shortcontext`" in text and "| rssm_seed0 | 2 | 2 | last 1: gap |" in text
+    assert "| rssm_seed0 | 2 | 2 | all 12 |" in text
 
     def run(*extra):  # in this process: the argument checks, without another start of torch
         capsys.readouterr()
@@ -1116,4 +1154,4 @@ def test_shortcontext_command_on_a_trained_cell_and_in_the_report(tmp_path, caps
     (cell / "config.yaml").write_text((cell / "config.yaml").read_text().replace(
         "env: multi_doors_keys", "env: distracting_memory"))
     code, err = run()
-    assert code == 2 and "the test is for rooms and multi_doors_keys cells" in err and len(err.splitlines()) == 1
+    assert code == 2 and "the test is for rooms and Multi Doors Keys cells" in err and len(err.splitlines()) == 1
