@@ -7,7 +7,10 @@ query frames, which are observed too (teleport variants: the model is shown wher
     rooms, multi doors keys   recon_* over the context, gen_* over the imagined query frames,
                               per-frame curves over the imagination step (index 0 = first imagined
                               frame); teleport: gen_mse_revisit over query frames that show a view
-                              the context already showed (memory.metrics.revisit_mask)
+                              the context already showed (memory.metrics.revisit_mask); rooms and
+                              memory maze [ours]: gen_mse_frozen and gen_mse_mean, the gen_mse of two
+                              guesses from the recorded frames (the last observed frame kept; the
+                              mean context frame of the test set), the levels a model must beat
     multi doors keys          [ours] also what the frames show of the held keys and the doors, read
                               back from their pixels: held_acc_* (the strip shows exactly the held
                               keys) and door_acc_* (a door in view is shown open iff it is), over the
@@ -139,14 +142,18 @@ def doors_keys_summary(scores: dict[str, np.ndarray]) -> tuple[dict, dict]:
 
 def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int, chunk: int,
                     device, revisit: bool, doors_keys: bool = False,
-                    imagine_seed: int | None = None) -> tuple[dict, dict, np.ndarray]:
+                    imagine_seed: int | None = None, frame_guesses: bool = False) -> tuple[dict, dict, np.ndarray]:
     """Rooms and Multi Doors Keys (all episodes the same length). Returns (summary of scalar
     means, curves over the imagination step, prediction of episode 0 as uint8 (T, H, W, C):
     reconstructed context, observed query frames (their reconstruction), imagined frames).
     doors_keys: add the held-key and door scores (doors_keys_scores, doors_keys_summary).
-    imagine_seed: the batch starting at episode s imagines with rollout's imagine_seed + s."""
+    imagine_seed: the batch starting at episode s imagines with rollout's imagine_seed + s.
+    frame_guesses: add gen_mse_frozen (the last observed frame kept through the query) and
+    gen_mse_mean (the mean of every test episode's context frames, for every query frame)."""
     context = _context_length(episodes[0])
-    per_frame, recon_mse, revisit_err, video, read = [], [], [], None, []
+    per_frame, recon_mse, revisit_err, video, read, guesses = [], [], [], None, [], []
+    if frame_guesses:  # (H, W, C) on [0, 1]: what a model that keeps no episode-specific memory could draw
+        mean_frame = np.mean([metrics.to_unit(e["image"][:context]).mean(0) for e in episodes], 0)
     for s in range(0, len(episodes), batch):
         group = episodes[s:s + batch]
         truth = np.stack([e["image"] for e in group])  # (B, T, H, W, C)
@@ -164,12 +171,17 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
             video = np.concatenate([recon[0], imag[0]], 0)
         if doors_keys:
             read.append(doors_keys_scores(group, recon[:, :context], imag, truth[:, seen:], seen))
+        if frame_guesses:
+            guesses.append({"frozen": metrics.mse(truth[:, seen - 1:seen], truth[:, seen:]),  # (B, Q')
+                            "mean": metrics.mse(mean_frame, truth[:, seen:])})
     scores = {k: np.concatenate([p[k] for p in per_frame], 0) for k in per_frame[0]}  # (N, Q')
     summary = {"recon_mse": float(np.concatenate(recon_mse).mean())}
     summary.update({f"gen_{k}": float(v.mean()) for k, v in scores.items()})
     if revisit:
         summary["gen_mse_revisit"] = float(np.mean(revisit_err)) if revisit_err else float("nan")
     curves = {k: v.mean(0).tolist() for k, v in scores.items()}
+    for name in ("frozen", "mean") if frame_guesses else ():
+        summary[f"gen_mse_{name}"] = float(np.concatenate([g[name] for g in guesses]).mean())
     if doors_keys:
         more, more_curves = doors_keys_summary({k: np.concatenate([r[k] for r in read]) for k in read[0]})
         summary, curves = {**summary, **more}, {**curves, **more_curves}
@@ -230,7 +242,8 @@ def evaluate(wm, episodes: list[dict], env: str, *, query_observe: int, batch: i
             return summary, curves, video
         summary, curves, video = evaluate_frames(wm, episodes, query_observe=query_observe, batch=batch,
                                                  chunk=chunk, device=device, revisit=teleport,
-                                                 doors_keys=env == "multi_doors_keys")
+                                                 doors_keys=env == "multi_doors_keys",
+                                                 frame_guesses=env in ("rooms", "memory_maze"))
         if env == "memory_maze":
             if not probe_train:
                 raise ValueError("memory maze evaluation needs training episodes for the probes")

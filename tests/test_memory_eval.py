@@ -29,6 +29,34 @@ def test_mse_psnr_on_known_images():
     np.testing.assert_allclose(metrics.mse(a, b), 0.04)
 
 
+def test_frame_guesses_against_hand_computed_errors():
+    """evaluate_frames' gen_mse_frozen (the last observed frame kept through the query) and gen_mse_mean
+    (the mean context frame of all test episodes), over episodes split into batches, with one
+    observed query frame."""
+    rng = np.random.default_rng(0)
+    T, context, A = 10, 6, 3
+
+    def episode():
+        return {"image": rng.integers(0, 256, (T, 16, 16, 3), dtype=np.uint8),
+                "action": np.eye(A, dtype=np.float32)[rng.integers(A, size=T)], "reward": np.zeros(T, np.float32),
+                "is_first": np.arange(T) == 0, "is_last": np.arange(T) == T - 1, "is_terminal": np.zeros(T, bool),
+                "phase": (np.arange(T) >= context).astype(np.uint8)}
+    episodes = [episode() for _ in range(3)]
+    config = merge(load_blocks(), ["debug", "rssm"], {"env.image_size": 16})
+    torch.manual_seed(0)
+    wm = build_world_model(config, A).eval()
+    summary, _, _ = evaluation.evaluate_frames(wm, episodes, query_observe=1, batch=2, chunk=16,
+                                               device=wm.device, revisit=False, frame_guesses=True)
+    images = np.stack([e["image"] for e in episodes]).astype(np.float64) / 255  # (3, T, 16, 16, 3)
+    mean = images[:, :context].mean((0, 1))
+    seen = context + 1
+    assert summary["gen_mse_mean"] == pytest.approx(((images[:, seen:] - mean) ** 2).mean())
+    assert summary["gen_mse_frozen"] == pytest.approx(((images[:, seen:] - images[:, seen - 1:seen]) ** 2).mean())
+    summary, _, _ = evaluation.evaluate_frames(wm, episodes, query_observe=1, batch=2, chunk=16,
+                                               device=wm.device, revisit=False)
+    assert "gen_mse_frozen" not in summary and "gen_mse_mean" not in summary
+
+
 def test_ssim_on_known_images():
     rng = np.random.default_rng(0)
     x = rng.random((16, 16, 3))
