@@ -38,6 +38,7 @@ import time
 import numpy as np
 
 from common.cli import fail
+from memory import shortcontext
 from memory.runner import train_cells
 from memory.train import evaluated_at, evaluation_file
 
@@ -196,9 +197,7 @@ def causal_tests(logdirs: dict[str, pathlib.Path]) -> list[str]:
 
     def cut(r):  # the whole context's scores, then each cut's gap +- its standard error
         names[:] = names or list(r["full"])
-        return [[f"all {r['context']}", *(f"{r['full'][s]:.4g}" for s in names)],
-                *([f"last {k}: gap", *(f"{r['gap'][str(k)][s]:+.3g} ± {r['gap_se'][str(k)][s]:.2g}" for s in names)]
-                  for k in r["keep"])]
+        return shortcontext.rows(r, recon=False)
 
     lines = []
     swaps = _causal_rows(logdirs, "cueswap.json", swap)

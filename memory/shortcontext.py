@@ -172,22 +172,29 @@ def main(argv=None) -> None:
     print(f"wrote {out}")
 
 
-def table(result: dict) -> list[str]:
-    """The markdown table of a result: the whole context's scores, then each cut's gap +- its
-    standard error over draws, and the perception scores (recon) of each condition."""
-    names, recon = list(result["full"]), list(result["recon"]["full"])
-    lines = ["| context kept | " + " | ".join(names + recon) + " |", "|---|" + "---|" * (len(names) + len(recon)),
-             f"| all {result['context']} | " + " | ".join(f"{result['full'][s]:.4g}" for s in names) + " | "
-             + " | ".join(f"{result['recon']['full'][s]:.4g}" for s in recon) + " |"]
+def rows(result: dict, recon: bool = True) -> list[list[str]]:
+    """A result's table rows, each [condition, *entries]: the whole context's scores, then each cut's
+    gap +- its standard error over draws; recon: then each condition's perception scores."""
+    names, extra = list(result["full"]), list(result["recon"]["full"]) if recon else []
+    out = [[f"all {result['context']}", *(f"{result['full'][s]:.4g}" for s in names),
+            *(f"{result['recon']['full'][s]:.4g}" for s in extra)]]
     for k in map(str, result["keep"]):
         g, se = result["gap"][k], result["gap_se"][k]
-        lines.append(f"| last {k}: gap | " + " | ".join(f"{g[s]:+.3g} ± {se[s]:.2g}" for s in names) + " | "
-                     + " | ".join(f"{result['recon'][k][s]:.4g}" for s in recon) + " |")
+        out.append([f"last {k}: gap", *(f"{g[s]:+.3g} ± {se[s]:.2g}" for s in names),
+                    *(f"{result['recon'][k][s]:.4g}" for s in extra)])
+    return out
+
+
+def table(result: dict) -> list[str]:
+    """The markdown table of a result (rows, with the perception scores), and how to read it."""
+    names = list(result["full"]) + list(result["recon"]["full"])
     guesses = ", ".join(f"{k} {v:.1%}" for k, v in result.get("guesses", {}).items())
-    return lines + ["(gap: the score with the cut minus the score with the whole context, the other way "
-                    "round for PSNR, SSIM and accuracies: positive where the frames before the cut helped; "
-                    "± its standard error over draws; recon: over the frames that condition observed)"
-                    + (f"; guesses: {guesses}" if guesses else "")]
+    return ["| context kept | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+            *("| " + " | ".join(row) + " |" for row in rows(result)),
+            "(gap: the score with the cut minus the score with the whole context, the other way round for "
+            "PSNR, SSIM and accuracies: positive where the frames before the cut helped; ± its standard "
+            "error over draws; recon: over the frames that condition observed)"
+            + (f"; guesses: {guesses}" if guesses else "")]
 
 
 if __name__ == "__main__":
