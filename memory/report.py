@@ -10,7 +10,8 @@ also those whose checkpoint is gone, e.g. committed results on a fresh clone; a 
 but neither its budget reached nor its checkpoint fails alone, with one line);
 --jobs N trains N cells at once (two one-thread runs use a 2-core machine). A Distracting Memory
 cell then gets its causal tests, memory.cueswap (and memory.readback on tssm), a Multi Doors Keys or
-rooms cell memory.shortcontext, while its checkpoint is there (--no-causal: not). The training is memory/runner.py's; this module writes the report.
+rooms cell memory.shortcontext, while its checkpoint is there (--no-causal: not). The training is
+memory/runner.py's; this module writes the report.
 --report-only trains nothing and writes the report from the cells' saved evaluations (the committed
 result files are enough: without eval/prediction.npz there is no video); --at N takes the table from
 every cell's evaluation at N updates (eval/metrics_<N>.json), e.g. while cells have unequal budgets.
