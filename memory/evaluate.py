@@ -149,7 +149,8 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
     doors_keys: add the held-key and door scores (doors_keys_scores, doors_keys_summary).
     imagine_seed: the batch starting at episode s imagines with rollout's imagine_seed + s.
     frame_guesses: add gen_mse_frozen (the last observed frame kept through the query) and
-    gen_mse_mean (the mean of every test episode's context frames, for every query frame)."""
+    gen_mse_mean (the mean of every test episode's context frames, for every query frame), and
+    their curves per imagined step, mse_frozen and mse_mean."""
     context = _context_length(episodes[0])
     per_frame, recon_mse, revisit_err, video, read, guesses = [], [], [], None, [], []
     if frame_guesses:  # (H, W, C) on [0, 1]: what a model that keeps no episode-specific memory could draw
@@ -181,7 +182,8 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
         summary["gen_mse_revisit"] = float(np.mean(revisit_err)) if revisit_err else float("nan")
     curves = {k: v.mean(0).tolist() for k, v in scores.items()}
     for name in ("frozen", "mean") if frame_guesses else ():
-        summary[f"gen_mse_{name}"] = float(np.concatenate([g[name] for g in guesses]).mean())
+        guess = np.concatenate([g[name] for g in guesses])  # (N, Q')
+        summary[f"gen_mse_{name}"], curves[f"mse_{name}"] = float(guess.mean()), guess.mean(0).tolist()
     if doors_keys:
         more, more_curves = doors_keys_summary({k: np.concatenate([r[k] for r in read]) for k in read[0]})
         summary, curves = {**summary, **more}, {**curves, **more_curves}

@@ -416,19 +416,36 @@ def _fmt(value: float, key: str) -> str:
     return f"{value:.4f}"
 
 
+# metric -> its guesses drawn beside the backbones: (curve, legend, line style); evaluate_frames
+GUESSES = {"mse": (("mse_mean", "guess: mean frame", "--"), ("mse_frozen", "guess: last frame kept", ":"))}
+
+
+def curve_lines(results: dict[str, list[dict]], metric: str) -> list[tuple[str, list, str]]:
+    """The lines of one metric's plot, (legend, values, style): each backbone's mean over its seeds
+    ('-'), then the metric's guesses (GUESSES) from the first result that has them: they depend on
+    the test episodes only, so any cell's copy will do."""
+    lines = [(n, np.mean([r["curves"][metric] for r in rs], 0).tolist(), "-") for n, rs in results.items()
+             if rs and metric in rs[0]["curves"]]
+    for key, name, style in GUESSES.get(metric, ()) if lines else ():
+        guess = next((r["curves"][key] for rs in results.values() for r in rs if key in r["curves"]), None)
+        if guess is not None:
+            lines.append((name, guess, style))
+    return lines
+
+
 def plot_curves(results: dict[str, list[dict]], title: str, out: pathlib.Path) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     written = []
     for metric, (label, xlabel, first) in CURVES.items():
-        series = {n: np.mean([r["curves"][metric] for r in rs], 0) for n, rs in results.items()
-                  if rs and metric in rs[0]["curves"]}
-        if not series:
+        lines = curve_lines(results, metric)
+        if not lines:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-        for name, values in series.items():
-            ax.plot(np.arange(first, len(values) + first), values, label=name, lw=1.2)
+        for name, values, style in lines:
+            ax.plot(np.arange(first, len(values) + first), values, style, label=name, lw=1.2,
+                    **({} if style == "-" else {"color": "grey"}))
         ax.set_xlabel(xlabel), ax.set_ylabel(label), ax.set_title(title)
         ax.grid(alpha=0.3), ax.legend()
         fig.tight_layout()

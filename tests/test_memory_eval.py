@@ -9,7 +9,7 @@ import torch
 
 from common.config import load_blocks, merge
 from memory import evaluate as evaluation
-from memory import metrics
+from memory import metrics, report
 from memory.train import draw_rows
 from world_models import BACKBONES, build_world_model
 
@@ -45,16 +45,38 @@ def test_frame_guesses_against_hand_computed_errors():
     config = merge(load_blocks(), ["debug", "rssm"], {"env.image_size": 16})
     torch.manual_seed(0)
     wm = build_world_model(config, A).eval()
-    summary, _, _ = evaluation.evaluate_frames(wm, episodes, query_observe=1, batch=2, chunk=16,
-                                               device=wm.device, revisit=False, frame_guesses=True)
+    summary, curves, _ = evaluation.evaluate_frames(wm, episodes, query_observe=1, batch=2, chunk=16,
+                                                    device=wm.device, revisit=False, frame_guesses=True)
     images = np.stack([e["image"] for e in episodes]).astype(np.float64) / 255  # (3, T, 16, 16, 3)
     mean = images[:, :context].mean((0, 1))
     seen = context + 1
     assert summary["gen_mse_mean"] == pytest.approx(((images[:, seen:] - mean) ** 2).mean())
     assert summary["gen_mse_frozen"] == pytest.approx(((images[:, seen:] - images[:, seen - 1:seen]) ** 2).mean())
-    summary, _, _ = evaluation.evaluate_frames(wm, episodes, query_observe=1, batch=2, chunk=16,
+    # per imagined step: the mean over episodes and pixels of each query frame
+    assert curves["mse_mean"] == pytest.approx(((images[:, seen:] - mean) ** 2).mean((0, 2, 3, 4)))
+    assert curves["mse_frozen"] == pytest.approx(((images[:, seen:] - images[:, seen - 1:seen]) ** 2).mean((0, 2, 3, 4)))
+    summary, curves, _ = evaluation.evaluate_frames(wm, episodes, query_observe=1, batch=2, chunk=16,
                                                device=wm.device, revisit=False)
     assert "gen_mse_frozen" not in summary and "gen_mse_mean" not in summary
+    assert "mse_frozen" not in curves and "mse_mean" not in curves
+
+
+def test_report_draws_the_guesses_once_beside_each_backbones_mean_curve():
+    """curve_lines: a backbone's line is the mean of its seeds' curves; the guess curves come from
+    whichever result holds them (cells evaluated before they existed hold none) and only on the
+    metric they belong to."""
+    def result(mse, guesses=True):
+        curves = {"mse": mse, "ssim": [0.5, 0.5]}
+        return {"curves": {**curves, "mse_mean": [0.3, 0.3], "mse_frozen": [0.1, 0.4]} if guesses else curves}
+    results = {"S4WM": [result([0.1, 0.2], guesses=False), result([0.3, 0.4])], "RSSM-TBTT": [result([0.5, 0.5])]}
+    lines = report.curve_lines(results, "mse")
+    assert [(n, style) for n, _, style in lines] == [("S4WM", "-"), ("RSSM-TBTT", "-"),
+                                                      ("guess: mean frame", "--"), ("guess: last frame kept", ":")]
+    assert lines[0][1] == pytest.approx([0.2, 0.3]) and lines[2][1] == [0.3, 0.3] and lines[3][1] == [0.1, 0.4]
+    assert [n for n, _, _ in report.curve_lines(results, "ssim")] == ["S4WM", "RSSM-TBTT"]
+    none = {"S4WM": [result([0.1, 0.2], guesses=False)]}
+    assert [n for n, _, _ in report.curve_lines(none, "mse")] == ["S4WM"]
+    assert report.curve_lines({"S4WM": []}, "mse") == []
 
 
 def test_ssim_on_known_images():
@@ -279,7 +301,6 @@ def test_report_writes_table_plots_and_video(tmp_path):
 
 
 def test_report_video_enlarges_small_frames_exactly():
-    from memory import report
     rng = np.random.default_rng(0)
     truth, pred = (rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8) for _ in range(2))
     grid = report.side_by_side(truth, {"s4wm": pred})  # (3, 32, 32, 3)
@@ -292,8 +313,6 @@ def test_report_video_enlarges_small_frames_exactly():
 
 
 def test_report_follows_scores_over_training_at_budgets_every_seed_reached(tmp_path):
-    from memory import report
-
     def cell(name, scores):  # scores: updates -> (reward_acc_inference, cue_acc_hallway_end)
         (tmp_path / name / "eval").mkdir(parents=True)
         for u, (acc, cue) in scores.items():
