@@ -8,9 +8,10 @@ query frames, which are observed too (teleport variants: the model is shown wher
                               per-frame curves over the imagination step (index 0 = first imagined
                               frame); teleport: gen_mse_revisit over query frames that show a view
                               the context already showed (memory.metrics.revisit_mask); rooms and
-                              memory maze [ours]: gen_mse_frozen and gen_mse_mean, the gen_mse of two
-                              guesses from the recorded frames (the last observed frame kept; the
-                              mean context frame of the test set), the levels a model must beat
+                              memory maze [ours]: gen_mse_frozen, gen_mse_mean and gen_mse_episode, the
+                              gen_mse of three guesses from the recorded frames (the last observed
+                              frame kept; the mean context frame of the test set; the episode's own
+                              mean context frame), the levels a model must beat
     multi doors keys          [ours] also what the frames show of the held keys and the doors, read
                               back from their pixels: held_acc_* (the strip shows exactly the held
                               keys) and door_acc_* (a door in view is shown open iff it is), over the
@@ -148,9 +149,11 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
     reconstructed context, observed query frames (their reconstruction), imagined frames).
     doors_keys: add the held-key and door scores (doors_keys_scores, doors_keys_summary).
     imagine_seed: the batch starting at episode s imagines with rollout's imagine_seed + s.
-    frame_guesses: add gen_mse_frozen (the last observed frame kept through the query) and
-    gen_mse_mean (the mean of every test episode's context frames, for every query frame), and
-    their curves per imagined step, mse_frozen and mse_mean."""
+    frame_guesses: add the gen_mse of three guesses and their curves per imagined step (mse_<name>):
+    gen_mse_frozen (the last observed frame kept through the query: no dynamics), gen_mse_mean (the
+    mean of every test episode's context frames, for every query frame: no memory of the episode)
+    and gen_mse_episode (the mean of the episode's own context frames: its colours remembered, not
+    where the agent is)."""
     context = _context_length(episodes[0])
     per_frame, recon_mse, revisit_err, video, read, guesses = [], [], [], None, [], []
     if frame_guesses:  # (H, W, C) on [0, 1]: what a model that keeps no episode-specific memory could draw
@@ -173,15 +176,17 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
         if doors_keys:
             read.append(doors_keys_scores(group, recon[:, :context], imag, truth[:, seen:], seen))
         if frame_guesses:
+            own = np.stack([metrics.to_unit(e["image"][:context]).mean(0) for e in group])[:, None]  # (B, 1, H, W, C)
             guesses.append({"frozen": metrics.mse(truth[:, seen - 1:seen], truth[:, seen:]),  # (B, Q')
-                            "mean": metrics.mse(mean_frame, truth[:, seen:])})
+                            "mean": metrics.mse(mean_frame, truth[:, seen:]),
+                            "episode": metrics.mse(own, truth[:, seen:])})
     scores = {k: np.concatenate([p[k] for p in per_frame], 0) for k in per_frame[0]}  # (N, Q')
     summary = {"recon_mse": float(np.concatenate(recon_mse).mean())}
     summary.update({f"gen_{k}": float(v.mean()) for k, v in scores.items()})
     if revisit:
         summary["gen_mse_revisit"] = float(np.mean(revisit_err)) if revisit_err else float("nan")
     curves = {k: v.mean(0).tolist() for k, v in scores.items()}
-    for name in ("frozen", "mean") if frame_guesses else ():
+    for name in ("frozen", "mean", "episode") if frame_guesses else ():
         guess = np.concatenate([g[name] for g in guesses])  # (N, Q')
         summary[f"gen_mse_{name}"], curves[f"mse_{name}"] = float(guess.mean()), guess.mean(0).tolist()
     if doors_keys:

@@ -417,7 +417,8 @@ def _fmt(value: float, key: str) -> str:
 
 
 # metric -> its guesses drawn beside the backbones: (curve, legend, line style); evaluate_frames
-GUESSES = {"mse": (("mse_mean", "guess: mean frame", "--"), ("mse_frozen", "guess: last frame kept", ":"))}
+GUESSES = {"mse": (("mse_mean", "guess: mean frame", "--"), ("mse_episode", "guess: episode's mean frame", "-."),
+                   ("mse_frozen", "guess: last frame kept", ":"))}
 
 
 def curve_lines(results: dict[str, list[dict]], metric: str) -> list[tuple[str, list, str]]:

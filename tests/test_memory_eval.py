@@ -30,9 +30,10 @@ def test_mse_psnr_on_known_images():
 
 
 def test_frame_guesses_against_hand_computed_errors():
-    """evaluate_frames' gen_mse_frozen (the last observed frame kept through the query) and gen_mse_mean
-    (the mean context frame of all test episodes), over episodes split into batches, with one
-    observed query frame."""
+    """evaluate_frames' gen_mse_frozen (the last observed frame kept through the query), gen_mse_mean
+    (the mean context frame of all test episodes) and gen_mse_episode (each episode's own mean
+    context frame), in all and per imagined step, over episodes split into batches (the episode
+    guess must follow its own episode), with one observed query frame."""
     rng = np.random.default_rng(0)
     T, context, A = 10, 6, 3
 
@@ -55,10 +56,13 @@ def test_frame_guesses_against_hand_computed_errors():
     # per imagined step: the mean over episodes and pixels of each query frame
     assert curves["mse_mean"] == pytest.approx(((images[:, seen:] - mean) ** 2).mean((0, 2, 3, 4)))
     assert curves["mse_frozen"] == pytest.approx(((images[:, seen:] - images[:, seen - 1:seen]) ** 2).mean((0, 2, 3, 4)))
+    own = images[:, :context].mean(1, keepdims=True)  # (3, 1, 16, 16, 3): each episode's own mean context frame
+    assert summary["gen_mse_episode"] == pytest.approx(((images[:, seen:] - own) ** 2).mean())
+    assert curves["mse_episode"] == pytest.approx(((images[:, seen:] - own) ** 2).mean((0, 2, 3, 4)))
     summary, curves, _ = evaluation.evaluate_frames(wm, episodes, query_observe=1, batch=2, chunk=16,
                                                device=wm.device, revisit=False)
-    assert "gen_mse_frozen" not in summary and "gen_mse_mean" not in summary
-    assert "mse_frozen" not in curves and "mse_mean" not in curves
+    assert not {"gen_mse_frozen", "gen_mse_mean", "gen_mse_episode"} & set(summary)
+    assert not {"mse_frozen", "mse_mean", "mse_episode"} & set(curves)
 
 
 def test_report_draws_the_guesses_once_beside_each_backbones_mean_curve():
