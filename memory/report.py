@@ -589,7 +589,10 @@ def main(argv=None) -> None:
              "(memory/probe.py); held_acc_* and door_acc_* are the held keys and the doors in view "
              "read back from the frames' pixels, in the reconstructed context, the imagined query and "
              "the 'frozen' guess (the last observed frame kept through the query) and the 'blank' one "
-             "(no key drawn, every door drawn open; memory/evaluate.py).", "",
+             "(no key drawn, every door drawn open; memory/evaluate.py); gen_mse_frozen, gen_mse_mean "
+             "and gen_mse_episode are the gen_mse of three guesses made without a model (the last "
+             "observed frame kept, the test set's mean context frame, the episode's own mean context "
+             "frame; memory/evaluate.py).", "",
              *perception_gate(results), "", *causal_tests(logdirs), *progress_lines, *cost(results), ""]
     if walls:
         lines += ["| cell | wall time (this call) |", "|---|---|"]
