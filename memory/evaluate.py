@@ -156,8 +156,9 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
     where the agent is)."""
     context = _context_length(episodes[0])
     per_frame, recon_mse, revisit_err, video, read, guesses = [], [], [], None, [], []
-    if frame_guesses:  # (H, W, C) on [0, 1]: what a model that keeps no episode-specific memory could draw
-        mean_frame = np.mean([metrics.to_unit(e["image"][:context]).mean(0) for e in episodes], 0)
+    if frame_guesses:  # on [0, 1]: each episode's mean context frame, and the mean of them all
+        own_frames = np.stack([metrics.to_unit(e["image"][:context]).mean(0) for e in episodes])  # (N, H, W, C)
+        mean_frame = own_frames.mean(0)  # every context has the same length: the mean of all context frames
     for s in range(0, len(episodes), batch):
         group = episodes[s:s + batch]
         truth = np.stack([e["image"] for e in group])  # (B, T, H, W, C)
@@ -176,10 +177,9 @@ def evaluate_frames(wm, episodes: list[dict], *, query_observe: int, batch: int,
         if doors_keys:
             read.append(doors_keys_scores(group, recon[:, :context], imag, truth[:, seen:], seen))
         if frame_guesses:
-            own = np.stack([metrics.to_unit(e["image"][:context]).mean(0) for e in group])[:, None]  # (B, 1, H, W, C)
             guesses.append({"frozen": metrics.mse(truth[:, seen - 1:seen], truth[:, seen:]),  # (B, Q')
                             "mean": metrics.mse(mean_frame, truth[:, seen:]),
-                            "episode": metrics.mse(own, truth[:, seen:])})
+                            "episode": metrics.mse(own_frames[s:s + batch, None], truth[:, seen:])})
     scores = {k: np.concatenate([p[k] for p in per_frame], 0) for k in per_frame[0]}  # (N, Q')
     summary = {"recon_mse": float(np.concatenate(recon_mse).mean())}
     summary.update({f"gen_{k}": float(v.mean()) for k, v in scores.items()})
